@@ -348,7 +348,9 @@ def check_ort_provider(ort: Any, provider: str) -> ProviderCheck:
     with _captured_stderr_fd() as read_log:
         try:
             session = ort.InferenceSession(
-                str(PROBE_MODEL), sess_options=options, providers=[provider, "CPUExecutionProvider"]
+                str(PROBE_MODEL),
+                sess_options=options,
+                providers=list(dict.fromkeys([provider, "CPUExecutionProvider"])),
             )
             active = session.get_providers()
             error = None

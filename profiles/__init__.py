@@ -153,12 +153,16 @@ class GpuCatalog(_Strict):
         return next((g for g in self.gpu if g.id == gpu_id), None)
 
     def match(self, nvml_name: str, vram_bytes: int | None = None) -> GpuSpec | None:
-        """The entry for a card as NVML names it: the longest matching substring wins; cards sold
-        with two memory sizes under one name (RTX 4060 Ti 8/16 GB) are told apart by VRAM."""
-        name = nvml_name.lower()
+        """The entry for a card as NVML names it, or None (dlab then uses NVML's own figures).
+
+        A match string must stand as whole words in the name, and the name may not carry a
+        variant word the match lacks ("RTX 3080" does not match "RTX 3080 Ti", nor "RTX 4090
+        Laptop GPU"); the longest match wins; cards sold with two memory sizes under one name
+        (RTX 4060 Ti 8/16 GB) are told apart by VRAM."""
+        name = " ".join(nvml_name.lower().split())
         best: list[tuple[int, GpuSpec]] = []
         for g in self.gpu:
-            n = max((len(m) for m in g.match if m.lower() in name), default=0)
+            n = max((len(m) for m in g.match if _matches(m.lower(), name)), default=0)
             if n:
                 best.append((n, g))
         if not best:
@@ -169,6 +173,17 @@ class GpuCatalog(_Strict):
             return tied[0]
         vram_gb = vram_bytes / 1e9
         return min(tied, key=lambda g: abs(g.vram_gb - vram_gb))
+
+
+_VARIANT_WORDS = {"ti", "super", "d", "laptop", "mobile", "max-q", "nvl", "pcie", "sxm", "sxm4", "sxm5"}
+
+
+def _matches(pattern: str, name: str) -> bool:
+    m = re.search(r"(?<![a-z0-9])" + re.escape(pattern) + r"(?![a-z0-9])", name)
+    if not m:
+        return False
+    extra = set(re.findall(r"[a-z0-9-]+", name[m.end():])) - set(pattern.split())
+    return not (extra & _VARIANT_WORDS)
 
 
 # ---------------------------------------------------------------------------------------- loading

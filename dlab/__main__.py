@@ -1,0 +1,3 @@
+from dlab.cli import main
+
+main()
