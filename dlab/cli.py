@@ -57,6 +57,80 @@ def doctor(
     raise typer.Exit(report.exit_code(strict))
 
 
+generate_app = typer.Typer(help="Generate images (and, later, voices).", no_args_is_help=True)
+train_app = typer.Typer(help="Train dlab's built-in models from data dlab generates.", no_args_is_help=True)
+app.add_typer(generate_app, name="generate")
+app.add_typer(train_app, name="train")
+
+
+def _parse_trace(trace: int) -> int:
+    from dlab.errors import BadInput
+
+    if trace and not 2 <= trace <= 64:
+        raise BadInput(f"--trace {trace}: give between 2 and 64 frames")
+    return trace
+
+
+@generate_app.command("image")
+def generate_image(
+    prompt: str = typer.Argument(..., help='What to draw, e.g. "a red circle on a black background".'),
+    negative: str = typer.Option("", "--negative", help="Negative prompt (the unconditional branch of guidance)."),
+    sampler: str = typer.Option("ddim", help="ddim, ddpm or dpmpp_2m."),
+    steps: int = typer.Option(50, help="Denoising steps (1–1000)."),
+    guidance: float = typer.Option(3.0, help="Classifier-free guidance scale; 1 = conditional only."),
+    guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", help="Guidance rescale φ (0–1)."),
+    eta: float = typer.Option(0.0, help="DDIM η: 0 deterministic, 1 DDPM-like."),
+    spacing: str = typer.Option("trailing", help="Timestep spacing: trailing, leading or linspace."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default: a fresh one, recorded)."),
+    batch: int = typer.Option(1, help="Images to generate at once."),
+    out: Path = typer.Option(Path("outputs"), help="Folder to write into."),
+    model: Optional[Path] = typer.Option(None, help="A .safetensors checkpoint (default: the built-in shapes model)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16."),
+    trace: int = typer.Option(0, help="Also save the reverse process as a strip of N frames."),
+    json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+) -> None:
+    """Text to image: writes one PNG per image and a grid, each carrying its parameters."""
+    from dlab.commands import run_generate_image
+
+    run_generate_image(
+        prompt=prompt, negative=negative, sampler=sampler, steps=steps, guidance=guidance,
+        guidance_rescale=guidance_rescale, eta=eta, spacing=spacing, seed=seed, batch=batch, out=out,
+        model=model, device=device, precision=precision, trace=_parse_trace(trace), json_out=json_out,
+    )
+
+
+@app.command()
+def noise(
+    image: Path = typer.Argument(..., help="An image file (PNG, JPEG, ...)."),
+    at: str = typer.Option("0,100,250,500,999", help="Comma-separated timesteps of the forward process."),
+    schedule: Optional[str] = typer.Option(None, help="linear, scaled_linear or cosine (default: the built-in model's)."),
+    seed: int = typer.Option(0, help="Seed of the noise."),
+    out: Path = typer.Option(Path("outputs"), help="Folder to write into."),
+    json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+) -> None:
+    """Save the forward process q(x_t | x_0) of IMAGE as a strip: clean → noise."""
+    from dlab.commands import run_noise
+
+    run_noise(image=image, at=at, schedule=schedule, seed=seed, out=out, json_out=json_out)
+
+
+@train_app.command("image")
+def train_image(
+    minutes: Optional[float] = typer.Option(None, help="Time budget; steps are derived from a short timing run."),
+    steps: Optional[int] = typer.Option(None, help="Exact number of steps (reproducible); overrides --minutes."),
+    seed: int = typer.Option(0),
+    batch: int = typer.Option(32, help="Images per training step."),
+    out: Path = typer.Option(Path("runs/shapes"), help="Folder for shapes.safetensors, shapes.json and the model card."),
+    precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast)."),
+    evaluate: bool = typer.Option(True, help="Score the trained model with dlab's evaluator and put it in the model card."),
+) -> None:
+    """Train the built-in text-to-image model "shapes" from scratch on data dlab generates."""
+    from dlab.commands import run_train_image
+
+    run_train_image(minutes=minutes, steps=steps, seed=seed, batch=batch, out=out, precision=precision, evaluate=evaluate)
+
+
 def main() -> None:
     try:
         app()  # standalone: click prints usage errors itself and exits 2

@@ -297,3 +297,77 @@ def score(prompts: Sequence[str], images: np.ndarray | Sequence[np.ndarray]) -> 
         failures=failures,
     )
 
+
+
+# ------------------------------------------------------------------------------ model evaluation
+class ModelEval(BaseModel):
+    """Prompt adherence of one sampler configuration over a prompt set × seeds."""
+
+    name: str
+    sampler: str
+    steps: int
+    guidance: float
+    prompts: int
+    seeds: int
+    accuracy: float
+    per_attribute: dict[str, float]
+    images_per_s: float
+    seconds: float
+    failures: list[str]  # "prompt → what was wrong", the first few
+
+
+def evaluate_model(
+    model,
+    backend,
+    prompts: Sequence[str],
+    *,
+    seeds: int = 20,
+    sampler: str = "ddim",
+    steps: int = 50,
+    guidance: float = 3.0,
+    base_seed: int = 0,
+    chunk: int = 256,
+    name: str | None = None,
+    progress=None,
+) -> ModelEval:
+    """Generate `seeds` images for each prompt and score them with `classify`.
+
+    The noise of the whole run comes from one generator seeded with `base_seed`, so a run is
+    reproducible; prompts of a chunk are mixed in one batch (the core loop takes a prompt per
+    image). `progress(done_images, total_images)` is called after each chunk."""
+    import time
+
+    import torch
+
+    from dlab.runtime.image import denoise_prompts, initial_noise
+    from dlab.runtime.outputs import to_uint8
+
+    all_prompts = [p for p in prompts for _ in range(seeds)]
+    noise, _ = initial_noise(base_seed, len(all_prompts), model.image_size)
+    images = []
+    t0 = time.perf_counter()
+    for start in range(0, len(all_prompts), chunk):
+        batch = all_prompts[start : start + chunk]
+        g = torch.Generator().manual_seed(base_seed * 100_003 + start)
+        out, _ = denoise_prompts(
+            model, backend, batch, noise[start : start + len(batch)], sampler=sampler, steps=steps,
+            guidance=guidance, generator=g,
+        )
+        images.append(to_uint8(out.clamp(-1, 1).numpy()))
+        if progress is not None:
+            progress(start + len(batch), len(all_prompts))
+    seconds = time.perf_counter() - t0
+    report = score(all_prompts, np.concatenate(images))
+    return ModelEval(
+        name=name or f"{sampler}-{steps} g{guidance:g}",
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        prompts=len(prompts),
+        seeds=seeds,
+        accuracy=report.accuracy,
+        per_attribute=report.per_attribute,
+        images_per_s=len(all_prompts) / seconds,
+        seconds=seconds,
+        failures=[f"{f.prompt} → {', '.join(f.wrong)}" for f in report.failures[:10]],
+    )

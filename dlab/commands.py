@@ -1,0 +1,250 @@
+"""The CLI's longer commands: validate, resolve device and precision, show progress, write, report.
+
+Kept apart from `cli.py` so that `dlab doctor` never imports torch: only these functions do.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dlab.errors import BadFile, BadInput
+
+err = Console(stderr=True)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BadInput(f"--device {device}: no CUDA device is usable by this torch build (see `dlab doctor`)")
+        return device
+    raise BadInput(f"--device {device!r}: choose auto, cpu or cuda[:N]")
+
+
+def resolve_precision_for(device: str, precision: str) -> str:
+    from dlab.runtime.backends import resolve_precision
+
+    if device == "cpu":
+        from dlab.planner.probe import probe_cpu
+
+        return resolve_precision(precision, device, cpu_fast_bf16=probe_cpu().fast_bf16)
+    import torch
+
+    return resolve_precision(precision, device, gpu_cc=torch.cuda.get_device_capability(torch.device(device)))
+
+
+@contextmanager
+def cancel_on_sigint() -> Iterator[list[bool]]:
+    """First Ctrl-C asks the sampler to stop after the current step (partial results are saved);
+    a second one interrupts at once."""
+    flag = [False]
+
+    def handler(signum, frame):
+        if flag[0]:
+            raise KeyboardInterrupt
+        flag[0] = True
+        err.print("[yellow]stopping after this step… (Ctrl-C again to abort)[/yellow]")
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not in the main thread
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _progress(transient: bool = True) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=err, transient=transient,
+    )
+
+
+def run_generate_image(
+    *, prompt: str, negative: str, sampler: str, steps: int, guidance: float, guidance_rescale: float,
+    eta: float, spacing: str, seed: Optional[int], batch: int, out: Path, model: Optional[Path], device: str,
+    precision: str, trace: int, json_out: bool,
+) -> None:
+    from pydantic import ValidationError
+
+    from dlab.runtime.backends import EagerBackend
+    from dlab.runtime.image import ImageModel, ImageRequest, generate_images
+    from dlab.runtime.jobs import write_image_result
+    from dlab.runtime.outputs import ensure_writable_dir
+    from dlab.runtime.samplers import SamplingCancelled
+
+    seed = random.randrange(2**31) if seed is None else seed
+    try:
+        request = ImageRequest(
+            prompt=prompt, negative_prompt=negative, sampler=sampler, steps=steps, guidance=guidance,
+            guidance_rescale=guidance_rescale, eta=eta, spacing=spacing, seed=seed, batch=batch,
+        ).check()
+    except ValidationError as e:
+        raise BadInput(f"prompt: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    out = ensure_writable_dir(out)
+    dev = resolve_device(device)
+    prec = resolve_precision_for(dev, precision)
+    if model is not None and not Path(model).is_file():
+        raise BadFile(f"--model {model}: no such file")
+    image_model = ImageModel.load(model)
+    backend = EagerBackend(image_model.unet, device=dev, precision=prec)
+
+    with cancel_on_sigint() as cancel, _progress() as bar:
+        task = bar.add_task(f"{sampler} ×{batch}", total=steps)
+
+        def on_step(info) -> bool:
+            bar.update(task, completed=info.index + 1)
+            return cancel[0]
+
+        try:
+            result = generate_images(image_model, request, backend, callback=on_step, trace_frames=trace)
+            written = write_image_result(result, out)
+        except SamplingCancelled as stop:
+            written = _write_partial(image_model, request, backend, stop, out)
+            _report(written, None, json_out)
+            err.print(f"[yellow]cancelled after step {stop.step + 1} of {steps}; partial images kept[/yellow]")
+            raise SystemExit(130)
+    if result.unknown_words:
+        err.print(f"[yellow]warning:[/yellow] unknown words ignored by {image_model.name}: {', '.join(result.unknown_words)}")
+    _report(written, result, json_out)
+
+
+def _write_partial(image_model, request, backend, stop, out):
+    """Keep what a cancelled run had: the current sample, marked partial with its step."""
+    from dlab.runtime.image import ImageResult
+    from dlab.runtime.jobs import write_image_result
+    from dlab.runtime.outputs import to_uint8
+
+    params = {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "sampler": request.sampler,
+              "steps": request.steps, "guidance": request.guidance, "seed": request.seed, "batch": request.batch,
+              "model": image_model.name, "model_hash": image_model.sha256, "backend": backend.name,
+              "device": backend.device, "precision": backend.precision}
+    partial = ImageResult(images=to_uint8(stop.x.clamp(-1, 1).cpu().numpy()), params=params, unknown_words=[], seconds=0.0)
+    return write_image_result(partial, out, partial_at=stop.step + 1)
+
+
+def _report(written, result, json_out: bool) -> None:
+    if json_out:
+        payload = written.to_dict()
+        if result is not None:
+            payload.update(params=result.params, seconds=round(result.seconds, 3), unknown_words=result.unknown_words)
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    con = Console()
+    if result is not None:
+        p = result.params
+        con.print(
+            f"[green]✓[/green] {len(written.images)} image{'s' if len(written.images) != 1 else ''} in {result.seconds:.1f} s "
+            f"({p['sampler']}, {p['steps']} steps, guidance {p['guidance']}, seed {p['seed']}, {p['backend']} {p['precision']} on {p['device']})"
+        )
+    for path in written.images:
+        con.print(f"  {path}")
+    for label, path in (("grid", written.grid), ("trace", written.trace), ("manifest", written.manifest)):
+        if path:
+            con.print(f"  {label}: {path}")
+
+
+def run_noise(*, image: Path, at: str, schedule: Optional[str], seed: int, out: Path, json_out: bool) -> None:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from dlab.runtime.jobs import VIEW_SCALE, noise_strip
+    from dlab.runtime.outputs import ensure_writable_dir, make_grid, slug, unique_stem, write_png
+    from dlab.runtime.schedules import make_schedule
+
+    try:
+        timesteps = [int(x) for x in at.split(",") if x.strip()]
+    except ValueError:
+        raise BadInput(f"--at {at!r}: give comma-separated whole timesteps, e.g. 0,100,250,500,999") from None
+    if not timesteps or any(not 0 <= t <= 999 for t in timesteps):
+        raise BadInput(f"--at {at!r}: timesteps must be between 0 and 999")
+    kind = schedule or _builtin_schedule_kind()
+    if kind not in ("linear", "scaled_linear", "cosine"):
+        raise BadInput(f"--schedule {kind!r}: choose linear, scaled_linear or cosine")
+    try:
+        with Image.open(image) as im:
+            pixels = np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise BadFile(f"{image}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise BadFile(f"{image}: not a readable image ({e.__class__.__name__})") from None
+    out = ensure_writable_dir(out)
+    sched = make_schedule(kind)
+    frames = noise_strip(pixels, sched, timesteps, seed)
+    scale = VIEW_SCALE if max(pixels.shape[:2]) <= 64 else 1
+    path = out / f"{unique_stem(out, f'{slug(image.stem)}-noise')}.png"
+    params = {"source": str(image), "timesteps": timesteps, "schedule": kind, "seed": seed, "view_scale": scale}
+    write_png(path, make_grid(frames, cols=len(frames), scale=scale), params)
+    if json_out:
+        sys.stdout.write(json.dumps({"strip": str(path), **params}, indent=2) + "\n")
+    else:
+        Console().print(f"[green]✓[/green] forward process at t = {', '.join(map(str, timesteps))} ({kind}): {path}")
+
+
+def _builtin_schedule_kind() -> str:
+    from dlab.runtime.image import BUILTIN_IMAGE_MODEL
+
+    cfg = BUILTIN_IMAGE_MODEL.with_suffix(".json")
+    try:
+        return json.loads(cfg.read_text())["schedule"]["kind"]
+    except (OSError, KeyError, ValueError):
+        return "cosine"
+
+
+def run_train_image(*, minutes, steps, seed: int, batch: int, out: Path, precision: str, evaluate: bool) -> None:
+    import torch
+
+    from dlab.runtime.outputs import ensure_writable_dir
+    from dlab.runtime.model_card import record_evaluation, run_card_evaluation, write_card
+    from dlab.runtime.train import TrainConfig, estimate_max_steps, train_image_model
+
+    if minutes is None and steps is None:
+        raise BadInput("give --minutes (a time budget) or --steps (an exact, reproducible step count)")
+    if steps is not None and steps < 1:
+        raise BadInput(f"--steps {steps}: must be at least 1")
+    if minutes is not None and not 0 < minutes <= 24 * 60:
+        raise BadInput(f"--minutes {minutes}: must be between 0 and 1440")
+    if not 1 <= batch <= 1024:
+        raise BadInput(f"--batch {batch}: must be between 1 and 1024")
+    if precision not in ("fp32", "bf16"):
+        raise BadInput(f"--precision {precision!r}: choose fp32 or bf16")
+    out = ensure_writable_dir(out)
+    cfg = TrainConfig(seed=seed, batch_size=batch, max_steps=steps, precision=precision)
+    if steps is None:
+        err.print(f"timing a few steps to fit {minutes:g} minutes…")
+        steps, s_per_step = estimate_max_steps(cfg, minutes)
+        err.print(f"{s_per_step:.3f} s/step → {steps} steps")
+        cfg = cfg.model_copy(update={"max_steps": steps, "minutes": minutes})
+    torch.manual_seed(seed)
+    with Progress(
+        TextColumn("[bold]training shapes"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err,
+    ) as bar:
+        task = bar.add_task("train", total=steps, loss=float("nan"))
+        result = train_image_model(
+            cfg, out, progress=lambda step, total, loss, elapsed: bar.update(task, completed=step, loss=loss)
+        )
+    Console().print(f"[green]✓[/green] {result.steps} steps in {result.wall_s / 60:.1f} min, final loss "
+                    f"{result.final_loss:.4f}: {result.weights}")
+    if evaluate:
+        err.print("evaluating prompt adherence (dlab's evaluator; see the model card)…")
+        record_evaluation(result.weights, run_card_evaluation(result.weights, log=err.print))
+    card = write_card(result.weights)
+    Console().print(f"  model card: {card}")

@@ -1,0 +1,368 @@
+"""Training and loading of the built-in text-to-image model "shapes".
+
+Data is drawn on the fly from `dlab.runtime.shapes` (no download). A step is the DDPM regression loss
+(Ho et al. 2020, eq. 14) on a v-prediction target by default (v = √ᾱ ε − √(1−ᾱ) x0, Salimans & Ho 2022),
+with
+
+- classifier-free guidance training: a caption is replaced by "" with probability `p_uncond`, so one
+  model learns both branches (Ho & Salimans 2022, sec. 3.2);
+- min-SNR-γ weighting (Hang et al. 2023, sec. 3.4): the x0-loss weight min(SNR, γ) expressed for the
+  target, min(SNR, γ)/SNR for ε and min(SNR, γ)/(SNR+1) for v, which stops the many easy low-noise
+  steps from dominating the gradient and speeds convergence several-fold;
+- AdamW with linear warm-up and cosine decay, gradient clipping, and an EMA of the weights (what is
+  saved).
+
+Schedule and target. The cosine schedule (Nichol & Dhariwal 2021) is the default: at 32×32 the linear
+schedule spends its last quarter on nearly pure noise (their Fig. 3), and SD's scaled_linear ends at
+SNR ≈ 0.005, so a sample would inherit the mean colour of its starting noise. The cosine schedule ends at
+ᾱ_999 ≈ 2.4e-9, where ε-prediction breaks: x̂0 = (x_t − √(1−ᾱ) ε̂)/√ᾱ multiplies any error in ε̂ by
+~2·10⁴ at t = 999, the first step of the "trailing" spacing dlab samples with. Measured: a 150-step
+ε-model sampled from t = 999 reached |x| ≈ 16,000 (pure noise) while the same model from t = 980 gave
+blobs. v-prediction has no division (x̂0 = √ᾱ x_t − √(1−ᾱ) v̂) and, at SNR ≈ 0, asks the net for the
+prompt's mean image, which is exactly the layout and colours the prompt decides. So: cosine + v.
+`prediction="epsilon"` is kept for experiments (pair it with "linear").
+
+Reproducibility: with the same `TrainConfig` (seed, max_steps) and the same torch thread count, a run gives
+bit-identical weights. A time budget (`minutes` without `max_steps`) is turned into a step count by timing a
+few steps (`estimate_max_steps`); the count used is recorded, so passing it back as `max_steps` repeats
+the run exactly. If `minutes` is given it is also a deadline: a run stopped by it is recorded as such
+(`stopped_by_time`) and is not reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dlab.errors import BadFile
+from dlab.runtime import shapes
+from dlab.runtime.nets.text import TextEncoder, TextEncoderConfig, Tokenizer
+from dlab.runtime.nets.unet import UNet, UNetConfig
+from dlab.runtime.schedules import NoiseSchedule, make_schedule
+
+FORMAT = "dlab.image-model"
+FORMAT_VERSION = 1
+MODEL_NAME = "shapes"
+
+Progress = Callable[[int, "int | None", float, float], Any]  # (step, total, loss, elapsed_s)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    batch_size: int = 32
+    max_steps: int | None = Field(None, ge=1, description="exact step count (reproducible)")
+    minutes: float | None = Field(
+        None, gt=0, description="time budget: sets max_steps when that is None, and is a deadline"
+    )
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05  # the cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.01
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.998  # half-life ~350 steps: a fifth to a third of a 40-minute CPU run
+    p_uncond: float = Field(0.1, ge=0, le=1)
+    snr_gamma: float | None = 5.0  # None: plain MSE
+    schedule: Literal["cosine", "linear", "scaled_linear"] = "cosine"
+    prediction: Literal["v_prediction", "epsilon"] = "v_prediction"
+    num_train_timesteps: int = 1000
+    beta_start: float | None = None  # linear kinds only; None: make_schedule's defaults
+    beta_end: float | None = None
+    precision: Literal["fp32", "bf16"] = "fp32"
+    unet: UNetConfig = Field(default_factory=UNetConfig)
+    text_layers: int = 2
+    text_heads: int = 4
+
+
+class TrainResult(BaseModel):
+    weights: Path
+    config: Path
+    steps: int
+    max_steps: int
+    final_loss: float  # mean of the last 50 step losses
+    wall_s: float
+    s_per_step: float
+    stopped_by_time: bool
+
+
+# ------------------------------------------------------------------------------ model construction
+def make_tokenizer() -> Tokenizer:
+    return Tokenizer.from_words(shapes.VOCAB)
+
+
+def text_config(cfg: TrainConfig, tokenizer: Tokenizer) -> TextEncoderConfig:
+    return TextEncoderConfig(
+        vocab_size=len(tokenizer), max_len=tokenizer.max_len, dim=cfg.unet.context_dim,
+        layers=cfg.text_layers, heads=cfg.text_heads,
+    )
+
+
+def make_noise_schedule(cfg: TrainConfig) -> tuple[NoiseSchedule, dict]:
+    """The schedule and the settings that rebuild it (what `shapes.json` records under "schedule")."""
+    settings: dict[str, Any] = {"kind": cfg.schedule, "num_train_timesteps": cfg.num_train_timesteps}
+    if cfg.schedule != "cosine":
+        settings |= {k: v for k, v in (("beta_start", cfg.beta_start), ("beta_end", cfg.beta_end)) if v is not None}
+    settings["prediction_type"] = cfg.prediction
+    return make_schedule(**settings), settings
+
+
+class _Trainer:
+    """Models, optimiser, EMA and data stream of one run; `step()` does one optimisation step."""
+
+    def __init__(self, cfg: TrainConfig, max_steps: int):
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.tokenizer = make_tokenizer()
+        self.text_config = text_config(cfg, self.tokenizer)
+        self.unet = UNet(cfg.unet)
+        self.text = TextEncoder(self.text_config)
+        self.schedule, self.schedule_settings = make_noise_schedule(cfg)
+        self.params = [p for m in (self.unet, self.text) for p in m.parameters()]
+        self.ema = [p.detach().clone() for p in self.params]
+        decay, no_decay = [], []
+        for m in (self.unet, self.text):
+            for name, p in m.named_parameters():
+                # Weight decay on matrices and kernels only: not on biases, norms, embeddings' offsets.
+                (decay if p.ndim >= 2 and "position" not in name and "null" not in name else no_decay).append(p)
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=cfg.adam_betas, foreach=True,
+        )
+        self.max_steps = max_steps
+        self.done = 0
+
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        if step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        progress = min(1.0, (step - c.warmup_steps) / max(1, self.max_steps - c.warmup_steps))
+        return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def batch(self):
+        images, captions, _ = shapes.make_batch(self.rng, self.cfg.batch_size)
+        drop = self.rng.random(len(captions)) < self.cfg.p_uncond
+        captions = ["" if d else c for c, d in zip(captions, drop)]
+        x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
+        enc = self.tokenizer.encode(captions)
+        return x0, enc.ids, enc.mask
+
+    def loss(self, x0, ids, mask) -> torch.Tensor:
+        c = self.cfg
+        t = torch.randint(0, c.num_train_timesteps, (x0.shape[0],), generator=self.gen)
+        noise = torch.randn(x0.shape, generator=self.gen)
+        x_t = self.schedule.add_noise(x0, noise, t)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.precision == "bf16"):
+            context, context_mask = self.text(ids, mask)
+            out = self.unet(x_t, t, context, context_mask)
+        target = noise if c.prediction == "epsilon" else self.schedule.velocity(x0, noise, t)
+        per_sample = (out.float() - target).pow(2).mean(dim=(1, 2, 3))
+        if c.snr_gamma is None:
+            return per_sample.mean()
+        # min-SNR-γ (Hang et al. 2023, sec. 3.4): the x0-loss weight min(SNR, γ) expressed for the
+        # target predicted, ÷ SNR for ε and ÷ (SNR + 1) for v.
+        snr = self.schedule.snr(t)
+        weight = snr.clamp(max=c.snr_gamma) / (snr + 1 if c.prediction == "v_prediction" else snr)
+        return (per_sample * weight.nan_to_num(1.0).float()).mean()
+
+    def step(self) -> float:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.done)
+        loss = self.loss(*self.batch())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=True)
+        self.opt.step()
+        self.done += 1
+        # EMA with warm-up (decay grows as (1+n)/(10+n)), so early averages are not dominated by init.
+        decay = min(self.cfg.ema_decay, (1 + self.done) / (10 + self.done))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1.0 - decay)
+        return float(loss.detach())
+
+    def use_ema_weights(self) -> None:
+        """Copy the EMA into the modules (at the end of training: they are what gets saved)."""
+        with torch.no_grad():
+            torch._foreach_copy_([p.data for p in self.params], self.ema)
+
+
+# ------------------------------------------------------------------------------ time budget
+def estimate_max_steps(cfg: TrainConfig, minutes: float, probe_steps: int = 20, warmup: int = 3) -> tuple[int, float]:
+    """Time `probe_steps` real training steps (after `warmup` untimed ones) on a throw-away model and
+    return (steps that fit in `minutes`, measured s/step). The probe's own time is not subtracted: it
+    runs before the budget starts. The trainer's RNG state is not touched."""
+    trainer = _Trainer(cfg, max_steps=max(probe_steps + warmup, cfg.warmup_steps + 1))
+    for _ in range(warmup):
+        trainer.step()
+    t0 = time.perf_counter()
+    for _ in range(probe_steps):
+        trainer.step()
+    s_per_step = (time.perf_counter() - t0) / probe_steps
+    return max(1, int(minutes * 60 / s_per_step)), s_per_step
+
+
+# ------------------------------------------------------------------------------ training
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # safetensors creates its file private; a model file is for everyone to read
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_image_model(
+    out_dir: Path | str,
+    unet: UNet,
+    text: TextEncoder,
+    tokenizer: Tokenizer,
+    schedule_settings: dict,
+    extra: dict | None = None,
+    name: str = MODEL_NAME,
+) -> tuple[Path, Path]:
+    """Write `<name>.safetensors` (fp32 tensors prefixed `unet.` / `text.`) and `<name>.json` (the
+    configs, vocabulary, schedule and `extra`), each atomically. Returns both paths."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {
+        prefix + k: v.detach().float().contiguous().clone()
+        for prefix, module in (("unet.", unet), ("text.", text))
+        for k, v in module.state_dict().items()
+    }
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "image_size": unet.config.image_size,
+        "unet": unet.config.to_dict(),
+        "text_encoder": text.config.to_dict(),
+        "tokenizer": {"kind": "word", "max_len": tokenizer.max_len, "vocab": tokenizer.to_list()},
+        "schedule": schedule_settings,
+        **(extra or {}),
+    }
+    weights, config_path = out_dir / f"{name}.safetensors", out_dir / f"{name}.json"
+    _atomic_write(weights, lambda p: save_file(state, str(p), metadata={"format": FORMAT}))
+    _atomic_write(config_path, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+    return weights, config_path
+
+
+def train_image_model(cfg: TrainConfig, out_dir: Path | str, progress: Progress | None = None) -> TrainResult:
+    """Train "shapes" and write `shapes.safetensors` (EMA weights) and `shapes.json` into out_dir."""
+    if cfg.max_steps is None and cfg.minutes is None:
+        raise ValueError("give max_steps or minutes")
+    max_steps = cfg.max_steps
+    if max_steps is None:
+        max_steps, _ = estimate_max_steps(cfg, cfg.minutes)
+    deadline = None if cfg.minutes is None else cfg.minutes * 60
+
+    trainer = _Trainer(cfg, max_steps)
+    losses: list[float] = []
+    stopped_by_time = False
+    t0 = time.perf_counter()
+    while trainer.done < max_steps:
+        losses.append(trainer.step())
+        elapsed = time.perf_counter() - t0
+        if progress is not None:
+            progress(trainer.done, max_steps, losses[-1], elapsed)
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f"training diverged at step {trainer.done} (loss {losses[-1]})")
+        if deadline is not None and elapsed >= deadline and trainer.done < max_steps:
+            stopped_by_time = True
+            break
+    wall_s = time.perf_counter() - t0
+
+    trainer.use_ema_weights()
+    final_loss = float(np.mean(losses[-50:]))
+    training = {
+        "weights": "ema",
+        "training": cfg.model_dump(mode="json", exclude={"unet"}),
+        "seed": cfg.seed,
+        "steps": trainer.done,
+        "max_steps": max_steps,
+        "stopped_by_time": stopped_by_time,
+        "final_loss": final_loss,
+        "wall_s": round(wall_s, 1),
+        "s_per_step": wall_s / max(1, trainer.done),
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    weights, config_path = save_image_model(
+        out_dir, trainer.unet, trainer.text, trainer.tokenizer, trainer.schedule_settings, training
+    )
+    return TrainResult(
+        weights=weights, config=config_path, steps=trainer.done, max_steps=max_steps, final_loss=final_loss,
+        wall_s=wall_s, s_per_step=wall_s / max(1, trainer.done), stopped_by_time=stopped_by_time,
+    )
+
+
+# ------------------------------------------------------------------------------ loading
+def load_image_model(path: Path | str) -> tuple[UNet, TextEncoder, Tokenizer, dict]:
+    """Read `X.safetensors` and its `X.json`, check every tensor, return eval-mode fp32 models.
+
+    Anything wrong with either file (missing, unreadable, not safetensors, a missing, extra or
+    mis-shaped tensor, an invalid config) is a one-line `BadFile` naming the file.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config_path = path.with_suffix(".json")
+    if not path.is_file():
+        raise BadFile(f"{path}: no such model file")
+    if not config_path.is_file():
+        raise BadFile(f"{config_path}: missing (the config that goes with {path.name})")
+    try:
+        config = json.loads(config_path.read_text())
+        if config.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} config")
+        unet = UNet(UNetConfig.from_dict(config["unet"]))
+        text = TextEncoder(TextEncoderConfig.from_dict(config["text_encoder"]))
+        tok = config["tokenizer"]
+        tokenizer = Tokenizer.from_list(tok["vocab"], max_len=tok["max_len"])
+    except (OSError, ValueError, KeyError, TypeError, ValidationError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadFile(f"{config_path}: not a valid {MODEL_NAME} model config ({reason})") from None
+    if tokenizer.max_len != text.config.max_len or len(tokenizer) != text.config.vocab_size:
+        raise BadFile(f"{config_path}: tokenizer and text encoder disagree")
+
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError, OSError or ValueError
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadFile(f"{path}: not a readable safetensors file ({reason})") from None
+
+    known = set()
+    for prefix, module in (("unet.", unet), ("text.", text)):
+        expected = module.state_dict()
+        for name, tensor in expected.items():
+            got = state.get(prefix + name)
+            if got is None:
+                raise BadFile(f"{path}: missing tensor {prefix + name}")
+            if got.shape != tensor.shape:
+                raise BadFile(
+                    f"{path}: tensor {prefix + name} has shape {tuple(got.shape)}, expected {tuple(tensor.shape)}"
+                )
+            if not got.is_floating_point() or not torch.isfinite(got).all():
+                raise BadFile(f"{path}: tensor {prefix + name} is not finite floating point")
+        module.load_state_dict({n: state[prefix + n].float() for n in expected})
+        known |= {prefix + n for n in expected}
+    extra = sorted(set(state) - known)
+    if extra:
+        raise BadFile(f"{path}: unexpected tensor {extra[0]}")
+    return unet.eval(), text.eval(), tokenizer, config
