@@ -119,6 +119,9 @@ def main() -> None:
             print(f"{name:22s} {r.prompts:7d} {r.seeds:5d} {100 * r.accuracy:8.1f}%  "
                   + "  ".join(f"{100 * pa[k]:5.1f}" if k in pa else "   - " for k in ("shape", "colour", "background", "size"))
                   + f"  {r.images_per_s:6.1f}", flush=True)
+            if args.json:  # after every config: a long run interrupted keeps what it measured
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(results, indent=2) + "\n")
     if args.card and results.get("eval"):
         record_evaluation(model.path, results["eval"])
         print(f"model card: {write_card(model.path)}", file=sys.stderr)

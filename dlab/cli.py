@@ -124,11 +124,13 @@ def train_image(
     out: Path = typer.Option(Path("runs/shapes"), help="Folder for shapes.safetensors, shapes.json and the model card."),
     precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast)."),
     evaluate: bool = typer.Option(True, help="Score the trained model with dlab's evaluator and put it in the model card."),
+    snr_gamma: Optional[float] = typer.Option(None, "--snr-gamma", help="min-SNR-γ loss weighting (default: plain v-MSE)."),
 ) -> None:
     """Train the built-in text-to-image model "shapes" from scratch on data dlab generates."""
     from dlab.commands import run_train_image
 
-    run_train_image(minutes=minutes, steps=steps, seed=seed, batch=batch, out=out, precision=precision, evaluate=evaluate)
+    run_train_image(minutes=minutes, steps=steps, seed=seed, batch=batch, out=out, precision=precision, evaluate=evaluate,
+                    snr_gamma=snr_gamma)
 
 
 def main() -> None:

@@ -208,7 +208,8 @@ def _builtin_schedule_kind() -> str:
         return "cosine"
 
 
-def run_train_image(*, minutes, steps, seed: int, batch: int, out: Path, precision: str, evaluate: bool) -> None:
+def run_train_image(*, minutes, steps, seed: int, batch: int, out: Path, precision: str, evaluate: bool,
+                    snr_gamma: Optional[float] = None) -> None:
     import torch
 
     from dlab.runtime.outputs import ensure_writable_dir
@@ -225,8 +226,10 @@ def run_train_image(*, minutes, steps, seed: int, batch: int, out: Path, precisi
         raise BadInput(f"--batch {batch}: must be between 1 and 1024")
     if precision not in ("fp32", "bf16"):
         raise BadInput(f"--precision {precision!r}: choose fp32 or bf16")
+    if snr_gamma is not None and not snr_gamma > 0:
+        raise BadInput(f"--snr-gamma {snr_gamma}: must be positive")
     out = ensure_writable_dir(out)
-    cfg = TrainConfig(seed=seed, batch_size=batch, max_steps=steps, precision=precision)
+    cfg = TrainConfig(seed=seed, batch_size=batch, max_steps=steps, precision=precision, snr_gamma=snr_gamma)
     if steps is None:
         err.print(f"timing a few steps to fit {minutes:g} minutes…")
         steps, s_per_step = estimate_max_steps(cfg, minutes)

@@ -1,0 +1,121 @@
+"""`dlab generate image`, `dlab noise` and `dlab train image` as a user runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dlab.runtime.image import BUILTIN_IMAGE_MODEL
+from dlab.runtime.outputs import read_png_params
+
+
+def dlab(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "dlab", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def one_line_exit_2(r, needle):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--steps", "0"], "--steps"), (["--steps", "1001"], "--steps"), (["--guidance", "-1"], "--guidance"),
+    (["--batch", "0"], "--batch"), (["--batch", "100000"], "--batch"), (["--sampler", "euler"], "--sampler"),
+    (["--trace", "1"], "--trace"), (["--precision", "fp8"], "precision"),
+])
+def test_bad_options_one_line_exit_2(tmp_path, args, needle):
+    one_line_exit_2(dlab("generate", "image", "a red circle", "--out", str(tmp_path), *args), needle)
+
+
+@pytest.mark.parametrize("prompt,needle", [("", "empty"), ("   ", "empty"), ("x" * 600, "characters")])
+def test_empty_or_absurd_prompt(tmp_path, prompt, needle):
+    one_line_exit_2(dlab("generate", "image", prompt, "--out", str(tmp_path)), needle)
+
+
+def test_unwritable_out(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("")
+    one_line_exit_2(dlab("generate", "image", "a red circle", "--out", str(f)), "--out")
+
+
+def test_corrupt_or_missing_weights(tmp_path, tiny_model_path):
+    one_line_exit_2(dlab("generate", "image", "a circle", "--model", str(tmp_path / "nope.safetensors"),
+                         "--out", str(tmp_path)), "no such file")
+    bad = tmp_path / "shapes.safetensors"
+    bad.write_bytes(tiny_model_path.read_bytes()[:1000])
+    (tmp_path / "shapes.json").write_text(tiny_model_path.with_suffix(".json").read_text())
+    one_line_exit_2(dlab("generate", "image", "a circle", "--model", str(bad), "--out", str(tmp_path)), "safetensors")
+
+
+def test_generate_with_a_model_from_disk(tmp_path, tiny_model_path):
+    r = dlab("generate", "image", "a red hexagon", "--model", str(tiny_model_path), "--steps", "3", "--batch", "2",
+             "--seed", "5", "--trace", "3", "--out", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["images"]) == 2 and out["grid"] and out["trace"]
+    assert "hexagon" in r.stderr and out["unknown_words"] == ["hexagon"]
+    params = read_png_params(out["images"][0])
+    assert params["seed"] == 5 and params["sampler"] == "ddim" and params["steps"] == 3
+    assert params["model_hash"] == out["params"]["model_hash"] and len(params["model_hash"]) == 64
+
+
+@pytest.mark.skipif(not BUILTIN_IMAGE_MODEL.exists(), reason="built-in weights not shipped yet")
+def test_builtin_model_same_seed_same_pixels(tmp_path):
+    args = ["generate", "image", "a red circle on a black background", "--steps", "10", "--seed", "7",
+            "--batch", "2", "--json"]
+    a = json.loads(dlab(*args, "--out", str(tmp_path / "a")).stdout)
+    b = json.loads(dlab(*args, "--out", str(tmp_path / "b")).stdout)
+    for pa, pb in zip(a["images"], b["images"]):
+        assert np.array_equal(np.asarray(Image.open(pa)), np.asarray(Image.open(pb)))
+    assert a["params"]["model"] == "shapes"
+
+
+def test_noise_strip(tmp_path):
+    src = tmp_path / "in.png"
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(src)
+    r = dlab("noise", str(src), "--at", "0,500,999", "--out", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    strip = json.loads(r.stdout)["strip"]
+    im = np.asarray(Image.open(strip))
+    assert im.shape[1] > im.shape[0] * 2  # three frames side by side
+    params = read_png_params(strip)
+    assert params["timesteps"] == [0, 500, 999]
+
+
+@pytest.mark.parametrize("content,at,needle", [
+    (b"not an image", "0,10", "not a readable image"), (None, "0,10", "no such file"), (b"", "0,abc", "--at"),
+    (b"", "0,1000", "--at"),
+])
+def test_noise_bad_input(tmp_path, content, at, needle):
+    src = tmp_path / "in.png"
+    if content is not None:
+        if content:
+            src.write_bytes(content)
+        else:
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src)
+    one_line_exit_2(dlab("noise", str(src), "--at", at, "--out", str(tmp_path)), needle)
+
+
+def test_train_a_few_steps_writes_a_loadable_model(tmp_path):
+    r = dlab("train", "image", "--steps", "3", "--batch", "4", "--out", str(tmp_path), "--no-evaluate")
+    assert r.returncode == 0, r.stderr
+    for name in ("shapes.safetensors", "shapes.json", "shapes.md"):
+        assert (tmp_path / name).exists()
+    cfg = json.loads((tmp_path / "shapes.json").read_text())
+    assert cfg["steps"] == 3 and cfg["seed"] == 0
+    assert "## Training" in (tmp_path / "shapes.md").read_text()
+    g = dlab("generate", "image", "a circle", "--model", str(tmp_path / "shapes.safetensors"), "--steps", "2",
+             "--out", str(tmp_path / "out"))
+    assert g.returncode == 0, g.stderr
+
+
+def test_train_bad_input():
+    one_line_exit_2(dlab("train", "image"), "--minutes")
+    one_line_exit_2(dlab("train", "image", "--steps", "0"), "--steps")
