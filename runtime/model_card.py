@@ -18,11 +18,11 @@ EVAL_CONFIGS: list[tuple[str, str, int, float, str, int]] = [
     ("ddim50-g3", "ddim", 50, 3.0, "scb", 20),
     ("ddim50-g3-size", "ddim", 50, 3.0, "size", 20),
     ("dpmpp20-g3", "dpmpp_2m", 20, 3.0, "scb", 20),
-    ("ddim50-g1", "ddim", 50, 1.0, "scb", 20),
     # DDPM-1000 costs 20× DDIM-50: it runs on a subset (1 seed × the 54 prompts), and DDIM-50 on the
     # same prompts and initial noise, so the two compare like for like.
     ("ddim50-g3-subset", "ddim", 50, 3.0, "scb", 1),
     ("ddpm1000-g3-subset", "ddpm", 1000, 3.0, "scb", 1),
+    ("ddim50-g1", "ddim", 50, 1.0, "scb", 20),
     ("dpmpp20-g3-size", "dpmpp_2m", 20, 3.0, "size", 20),
 ]
 

@@ -73,11 +73,12 @@ class TrainConfig(BaseModel):
     grad_clip: float = 1.0
     ema_decay: float = 0.998  # half-life ~350 steps: a fifth to a third of a 40-minute CPU run
     p_uncond: float = Field(0.1, ge=0, le=1)
-    # None: plain MSE on the prediction target. With v-prediction on the cosine schedule, min-SNR-γ's
-    # weight min(SNR, γ)/(SNR + 1) is ≈ SNR at high noise, so the last ~25% of timesteps (where the
-    # background and fill colour get decided) got almost no gradient: a 3,400-step run learned shapes
-    # but predicted a gray conditional mean at t = 999 for every prompt. Plain v-MSE keeps them.
-    snr_gamma: float | None = None
+    # None: plain MSE on the prediction target. Measured here (3,000–3,400 steps × batch 32, DDIM-50,
+    # guidance 3, 54 prompts × 2 seeds): γ = 5 learned shape 100 %, background 61 %, colour 15 %
+    # (with v-prediction its weight min(SNR, γ)/(SNR + 1) ≈ SNR starves the noisiest timesteps, and
+    # the model predicts a gray conditional mean at t = 999 for every prompt); plain v-MSE learned
+    # background 90 % but shape only 22 %. Neither run was long enough; see the model card.
+    snr_gamma: float | None = 5.0
     schedule: Literal["cosine", "linear", "scaled_linear"] = "cosine"
     prediction: Literal["v_prediction", "epsilon"] = "v_prediction"
     num_train_timesteps: int = 1000
