@@ -181,13 +181,13 @@ def test_exit_codes(machine):
     assert d.diagnose(s).exit_code() == 1
 
 
-def test_every_check_has_an_id_and_one_line():
-    ids = [c(d_snap()).id for c in d.CHECKS]
-    assert len(set(ids)) == len(ids)
-
-
-def d_snap():
-    from dlab.planner.snapshot import load_snapshot
-    from dlab.profiles import example_machines
-
-    return load_snapshot(example_machines()["appetizer"])
+def test_every_check_has_an_id_and_one_line(machine):
+    for name in ("cpu_laptop", "appetizer", "main_course", "dessert"):
+        checks = d.run_checks(machine(name))
+        ids = [c.id for c in checks]
+        assert len(set(ids)) == len(ids) == len(d.CHECKS)
+        for c in checks:
+            assert c.finding.strip() and "\n" not in c.finding, (name, c.id)
+            assert "\n" not in c.fix, (name, c.id)
+            if c.status in ("warn", "fail"):
+                assert c.fix.strip(), (name, c.id)  # a problem always comes with a fix
