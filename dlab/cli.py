@@ -32,6 +32,9 @@ def doctor(
         None, "--snapshot", metavar="FILE", help="Read a saved snapshot instead of probing this machine."
     ),
     strict: bool = typer.Option(False, "--strict", help="Warnings fail too (exit 1)."),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Re-run the ONNX Runtime provider checks instead of reusing the cached result."
+    ),
 ) -> None:
     """Profile this machine, find what is broken, and place it on the upgrade ladder.
 
@@ -44,7 +47,7 @@ def doctor(
     else:
         from dlab.planner.probe import take_snapshot
 
-        snap = take_snapshot()
+        snap = take_snapshot(fresh=fresh)
     report = diagnose(snap)
     if json_out:
         sys.stdout.write(report.model_dump_json(indent=2) + "\n")
@@ -82,21 +85,26 @@ def generate_image(
     eta: float = typer.Option(0.0, help="DDIM η: 0 deterministic, 1 DDPM-like."),
     spacing: str = typer.Option("trailing", help="Timestep spacing: trailing, leading or linspace."),
     seed: Optional[int] = typer.Option(None, help="Random seed (default: a fresh one, recorded)."),
-    batch: int = typer.Option(1, help="Images to generate at once."),
+    batch: Optional[int] = typer.Option(None, help="Images to generate at once (default: the plan's batch for this machine)."),
     out: Path = typer.Option(Path("outputs"), help="Folder to write into."),
     model: Optional[Path] = typer.Option(None, help="A .safetensors checkpoint (default: the built-in shapes model)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
-    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16."),
+    device: str = typer.Option("auto", help="auto (the plan's), cpu or cuda[:N]."),
+    precision: str = typer.Option("auto", help="auto (the plan's), fp32, bf16 or fp16."),
+    backend: str = typer.Option("auto", help="auto (the plan's: the faster in `dlab bench`), eager or onnx."),
+    force: bool = typer.Option(False, "--force", help="Run settings the plan says will not fit."),
     trace: int = typer.Option(0, help="Also save the reverse process as a strip of N frames."),
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
-    """Text to image: writes one PNG per image and a grid, each carrying its parameters."""
+    """Text to image: writes one PNG per image and a grid, each carrying its parameters.
+
+    Unset device, precision, backend and batch come from `dlab plan shapes` for this machine."""
     from dlab.commands import run_generate_image
 
     run_generate_image(
         prompt=prompt, negative=negative, sampler=sampler, steps=steps, guidance=guidance,
         guidance_rescale=guidance_rescale, eta=eta, spacing=spacing, seed=seed, batch=batch, out=out,
         model=model, device=device, precision=precision, trace=_parse_trace(trace), json_out=json_out,
+        backend=backend, force=force,
     )
 
 
@@ -124,13 +132,102 @@ def train_image(
     out: Path = typer.Option(Path("runs/shapes"), help="Folder for shapes.safetensors, shapes.json and the model card."),
     precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast)."),
     evaluate: bool = typer.Option(True, help="Score the trained model with dlab's evaluator and put it in the model card."),
-    snr_gamma: Optional[float] = typer.Option(None, "--snr-gamma", help="min-SNR-γ loss weighting (default: plain v-MSE)."),
+    snr_gamma: Optional[float] = typer.Option(
+        None, "--snr-gamma", help="min-SNR-γ loss weighting (default 5; 0 = plain MSE on the prediction target)."
+    ),
 ) -> None:
     """Train the built-in text-to-image model "shapes" from scratch on data dlab generates."""
     from dlab.commands import run_train_image
 
     run_train_image(minutes=minutes, steps=steps, seed=seed, batch=batch, out=out, precision=precision, evaluate=evaluate,
                     snr_gamma=snr_gamma)
+
+
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="Fewer batches and repeats (about a minute)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the report (default: dlab's data dir, where the planner reads it)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Measure this machine: step time per backend × precision × batch, ORT vs eager, CFG, samplers,
+    predicted vs measured memory. The planner uses the latest report."""
+    from dlab.commands import run_bench
+
+    run_bench(quick=quick, out=out, json_out=json_out)
+
+
+def _load_snapshot(snapshot: Optional[Path]):
+    from dlab.planner.snapshot import load_snapshot
+
+    if snapshot is not None:
+        return load_snapshot(snapshot)
+    from dlab.planner.probe import take_snapshot
+
+    return take_snapshot()
+
+
+@app.command()
+def plan(
+    model: str = typer.Argument(..., help="A catalog model id: shapes, sd15, sd21, sdxl, sd35-medium, sd35-large, flux-schnell, flux-dev, tortoise."),
+    snapshot: Optional[Path] = typer.Option(None, "--snapshot", metavar="FILE", help="Plan a saved snapshot instead of this machine."),
+    resolution: Optional[str] = typer.Option(None, help="WIDTHxHEIGHT (default: the model's native size)."),
+    batch: Optional[int] = typer.Option(None, help="Images at once (default: the largest that fits, up to 8)."),
+    emit: Optional[str] = typer.Option(None, help="Print settings for another tool: comfyui, a1111, invokeai or diffusers."),
+    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """The backend, precision, resolution, batch and offload that fit this machine, and why."""
+    from dlab.planner.plan import load_bench, make_plan, parse_resolution
+
+    res = parse_resolution(resolution) if resolution is not None else None
+    if emit is not None:
+        from dlab.planner.emit import EMITTERS
+
+        if emit not in EMITTERS:
+            from dlab.errors import BadInput
+
+            raise BadInput(f"--emit {emit!r}: choose one of {', '.join(EMITTERS)}")
+    snap = _load_snapshot(snapshot)
+    p = make_plan(model, snap, resolution=res, batch=batch, bench=load_bench() if snapshot is None else None)
+    if emit is not None:
+        from dlab.planner.emit import emit_plan
+
+        sys.stdout.write(emit_plan(p, emit) + "\n")
+    elif json_out:
+        sys.stdout.write(p.model_dump_json(indent=2) + "\n")
+    else:
+        from rich.console import Console
+
+        from dlab.views import render_plan
+
+        render_plan(p, Console())
+    raise typer.Exit(0 if p.fits else 1)
+
+
+@app.command()
+def upgrade(
+    snapshot: Optional[Path] = typer.Option(None, "--snapshot", metavar="FILE", help="Start from a saved snapshot instead of this machine."),
+    goal: Optional[str] = typer.Option(None, help="MODEL@WxH[xBATCH], e.g. flux-dev@1024x1024: the cheapest single change that runs it."),
+    json_out: bool = typer.Option(False, "--json", help="Print the path as JSON."),
+) -> None:
+    """The path up the tier ladder from this machine: what each step costs and what it unlocks."""
+    from dlab.planner.upgrade import cheapest_change, parse_goal, upgrade_path
+
+    parsed = parse_goal(goal) if goal is not None else None
+    snap = _load_snapshot(snapshot)
+    path = upgrade_path(snap)
+    change = cheapest_change(snap, *parsed) if parsed else None
+    if json_out:
+        import json
+
+        out = {"path": path.model_dump(mode="json"), "goal": change.model_dump(mode="json") if change else None}
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    else:
+        from rich.console import Console
+
+        from dlab.views import render_upgrade
+
+        render_upgrade(path, change, Console())
+    raise typer.Exit(0 if change is None or change.met else 1)
 
 
 def main() -> None:

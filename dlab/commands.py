@@ -77,15 +77,43 @@ def _progress(transient: bool = True) -> Progress:
     )
 
 
+def plan_generation(*, batch: Optional[int], device: str, precision: str, backend: str, force: bool):
+    """The plan for the built-in model on this machine, with the user's explicit settings applied.
+
+    Returns (plan, device, precision, backend) to run with. Settings the plan says will not fit are a
+    one-line error naming the nearest that does, unless `force`."""
+    from dlab.planner.plan import check_request, load_bench, make_plan
+    from dlab.planner.probe import take_snapshot
+
+    if backend not in ("auto", "eager", "onnx"):
+        raise BadInput(f"--backend {backend!r}: choose auto, eager or onnx")
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise BadInput(f"--device {device!r}: choose auto, cpu or cuda[:N]")
+    snap = take_snapshot()
+    # Custom --model files are "shapes" nets too (dlab's trainer writes only that architecture).
+    plan = make_plan("shapes", snap, batch=batch, bench=load_bench(), device=None if device == "auto" else device)
+    if not plan.fits and not force:
+        check_request(plan)
+    dev = resolve_device(plan.device if device == "auto" else device)
+    kind = plan.backend if backend == "auto" else backend
+    prec = resolve_precision_for(dev, plan.precision if precision == "auto" else precision)
+    if kind == "onnx" and prec == "bf16":
+        if precision == "auto":
+            prec = "fp16" if dev.startswith("cuda") else "fp32"  # dlab exports fp32 and fp16 graphs only
+        elif backend == "auto":
+            kind = "eager"  # an explicit bf16 wins over the plan's backend
+    return plan, dev, prec, kind
+
+
 def run_generate_image(
     *, prompt: str, negative: str, sampler: str, steps: int, guidance: float, guidance_rescale: float,
-    eta: float, spacing: str, seed: Optional[int], batch: int, out: Path, model: Optional[Path], device: str,
-    precision: str, trace: int, json_out: bool,
+    eta: float, spacing: str, seed: Optional[int], batch: Optional[int], out: Path, model: Optional[Path], device: str,
+    precision: str, trace: int, json_out: bool, backend: str = "auto", force: bool = False,
 ) -> None:
     from pydantic import ValidationError
 
-    from dlab.runtime.backends import EagerBackend
-    from dlab.runtime.image import ImageModel, ImageRequest, generate_images
+    from dlab.runtime.fallback import generate_with_fallbacks
+    from dlab.runtime.image import ImageModel, ImageRequest
     from dlab.runtime.jobs import write_image_result
     from dlab.runtime.outputs import ensure_writable_dir
     from dlab.runtime.samplers import SamplingCancelled
@@ -94,30 +122,42 @@ def run_generate_image(
     try:
         request = ImageRequest(
             prompt=prompt, negative_prompt=negative, sampler=sampler, steps=steps, guidance=guidance,
-            guidance_rescale=guidance_rescale, eta=eta, spacing=spacing, seed=seed, batch=batch,
+            guidance_rescale=guidance_rescale, eta=eta, spacing=spacing, seed=seed, batch=1 if batch is None else batch,
         ).check()
     except ValidationError as e:
         raise BadInput(f"prompt: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     out = ensure_writable_dir(out)
-    dev = resolve_device(device)
-    prec = resolve_precision_for(dev, precision)
     if model is not None and not Path(model).is_file():
         raise BadFile(f"--model {model}: no such file")
+    plan, dev, prec, kind = plan_generation(batch=batch, device=device, precision=precision, backend=backend, force=force)
+    if batch is None:
+        request = request.model_copy(update={"batch": plan.batch})
     image_model = ImageModel.load(model)
-    backend = EagerBackend(image_model.unet, device=dev, precision=prec)
 
+    def make(precision_: str):
+        from dlab.runtime.onnx_backend import make_backend
+
+        return make_backend(image_model, kind, dev, precision_)
+
+    steps_total = request.steps
     with cancel_on_sigint() as cancel, _progress() as bar:
-        task = bar.add_task(f"{sampler} ×{batch}", total=steps)
+        task = bar.add_task(f"{sampler} ×{request.batch}", total=steps_total)
+        state = {"backend": None}
 
         def on_step(info) -> bool:
             bar.update(task, completed=info.index + 1)
             return cancel[0]
 
+        def make_tracked(precision_: str):
+            state["backend"] = make(precision_)
+            return state["backend"]
+
         try:
-            result = generate_images(image_model, request, backend, callback=on_step, trace_frames=trace)
+            result = generate_with_fallbacks(image_model, request, make_tracked, prec, callback=on_step,
+                                             trace_frames=trace, report=lambda m: err.print(f"[yellow]{m}[/yellow]"))
             written = write_image_result(result, out)
         except SamplingCancelled as stop:
-            written = _write_partial(image_model, request, backend, stop, out)
+            written = _write_partial(image_model, request, state["backend"], stop, out)
             _report(written, None, json_out)
             err.print(f"[yellow]cancelled after step {stop.step + 1} of {steps}; partial images kept[/yellow]")
             raise SystemExit(130)
@@ -226,10 +266,11 @@ def run_train_image(*, minutes, steps, seed: int, batch: int, out: Path, precisi
         raise BadInput(f"--batch {batch}: must be between 1 and 1024")
     if precision not in ("fp32", "bf16"):
         raise BadInput(f"--precision {precision!r}: choose fp32 or bf16")
-    if snr_gamma is not None and not snr_gamma > 0:
-        raise BadInput(f"--snr-gamma {snr_gamma}: must be positive")
+    if snr_gamma is not None and not snr_gamma >= 0:
+        raise BadInput(f"--snr-gamma {snr_gamma}: must be positive (or 0 for plain MSE)")
     out = ensure_writable_dir(out)
-    cfg = TrainConfig(seed=seed, batch_size=batch, max_steps=steps, precision=precision, snr_gamma=snr_gamma)
+    weighting = {} if snr_gamma is None else {"snr_gamma": snr_gamma or None}
+    cfg = TrainConfig(seed=seed, batch_size=batch, max_steps=steps, precision=precision, **weighting)
     if steps is None:
         err.print(f"timing a few steps to fit {minutes:g} minutes…")
         steps, s_per_step = estimate_max_steps(cfg, minutes)
@@ -251,3 +292,18 @@ def run_train_image(*, minutes, steps, seed: int, batch: int, out: Path, precisi
         record_evaluation(result.weights, run_card_evaluation(result.weights, log=err.print))
     card = write_card(result.weights)
     Console().print(f"  model card: {card}")
+
+
+def run_bench(*, quick: bool, out: Optional[Path], json_out: bool) -> None:
+    from dlab.runtime.bench import run_bench as bench, write_report
+
+    if out is not None:
+        from dlab.runtime.outputs import ensure_writable_dir
+
+        out = ensure_writable_dir(out)
+    report = bench(log=lambda m: err.print(m), quick=quick)
+    jpath, mpath = write_report(report, out)
+    if json_out:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        Console().print(f"[green]✓[/green] report: {jpath}\n  {mpath}")

@@ -135,3 +135,79 @@ def render_doctor(report: DoctorReport, console: Console) -> None:
     console.print(
         f"{counts['ok']} ok, {counts['warn']} warnings, {counts['fail']} failed, {counts['skipped']} skipped"
     )
+
+
+# ------------------------------------------------------------------------------------ plan
+def _secs(s: float | None) -> str:
+    if s is None:
+        return NA
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def plan_table(p) -> Table:
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_column(style="dim")
+    res = f"{p.width}×{p.height}" if p.width else "–"
+    backend = p.backend + (f" ({p.provider})" if p.provider else "")
+    rows = [
+        ("device", f"{p.device} {p.device_name}", p.why.get("device", "")),
+        ("backend", backend, p.why.get("backend", "")),
+        ("precision", p.precision, p.why.get("precision", "")),
+        ("resolution", res, p.why.get("resolution", "")),
+        ("batch", str(p.batch), p.why.get("batch", "")),
+        ("offload", p.offload + (f", without {', '.join(p.drop_optional)}" if p.drop_optional else "")
+         + (", VAE slicing" if p.vae_slicing else "") + (", VAE tiling" if p.vae_tiling else "") + (", fp16-safe VAE" if p.vae_fp16_fix else ""), p.why.get("offload", "")),
+    ]
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def render_plan(p, console: Console) -> None:
+    mark, style = ("✓", "green") if p.fits else ("✗", "red")
+    console.print(Text.assemble((f"{mark} ", style), (p.model_name, "bold"), f" on this machine: {'fits' if p.fits else 'does not fit'}"))
+    console.print(plan_table(p))
+    mem = []
+    if p.vram_gib is not None:
+        mem.append(f"VRAM {p.vram_gib:.1f} GiB of {p.budget_gib:.1f} GiB free (peak allocated {p.peak_gib:.1f} GiB + CUDA context)")
+    mem.append(f"RAM {p.ram_gib:.1f} GiB of {p.ram_budget_gib:.1f} GiB available")
+    if p.seconds_per_image is not None:
+        mem.append(f"{_secs(p.seconds_per_image)} per image" + (" (measured)" if p.measured else ""))
+    if p.seconds_per_audio_second is not None:
+        mem.append(f"{_secs(p.seconds_per_audio_second)} per second of audio")
+    console.print("predicted: " + "; ".join(mem))
+    console.print(Text(f"confidence: {p.confidence}", style="dim"))
+    if p.nearest:
+        console.print(f"nearest that fits: {p.nearest}")
+    elif not p.fits:
+        console.print("nothing smaller fits either: `dlab upgrade --goal " + p.model + "` names the cheapest change that does")
+
+
+def render_upgrade(path, change, console: Console) -> None:
+    console.print(Text.assemble(("Now: ", "bold"), (path.tier_name, "bold magenta")))
+    if not path.steps:
+        console.print("Top of the ladder: nothing above this machine.")
+    for step in path.steps:
+        price = f" (~${step.price_usd:,.0f})" if step.price_usd else ""
+        body = Text()
+        body.append(f"buy: {step.buy}{price}\n", style="bold")
+        body.append(f"build: {step.build}\n")
+        body.append("newly fits: " + (", ".join(step.newly_fits) or "nothing new") + "\n")
+        if step.faster:
+            body.append("faster: " + ", ".join(f"{w.model} ×{w.speedup:.1f}" for w in step.faster if w.speedup) + "\n")
+        if step.still_not:
+            body.append("still does not fit: " + ", ".join(step.still_not))
+        console.print(Panel(body, title=step.tier_name, expand=False))
+    if change is not None:
+        if change.already:
+            console.print(f"goal {change.goal}: already runs here ({change.plan.precision}, offload {change.plan.offload}).")
+        elif change.met:
+            price = f" (~${change.price_usd:,.0f})" if change.price_usd is not None else ""
+            console.print(Text.assemble(("goal ", "bold"), f"{change.goal}: cheapest single change: ",
+                                        (f"{change.change}{price}", "bold green"), f" — {change.why}"))
+            for a in change.alternatives:
+                console.print(f"  also: {a}")
+        else:
+            console.print(Text.assemble(("goal ", "bold"), f"{change.goal}: ", (change.why, "red")))

@@ -252,7 +252,8 @@ def check_ort_install(s: HardwareSnapshot) -> Check:
     return Check(
         **c,
         status="ok",
-        finding=f"{names[0]} {ort.version}; providers: {', '.join(p.replace('ExecutionProvider', '') for p in ort.providers)}",
+        finding=f"{names[0]} {ort.version}; providers: {', '.join(p.replace('ExecutionProvider', '') for p in ort.providers)}"
+        + (f" (checked {ort.checked_at:%Y-%m-%d %H:%M} UTC, cached; `dlab doctor --fresh` re-checks)" if ort.cached and ort.checked_at else ""),
     )
 
 

@@ -4,7 +4,11 @@ Every reader catches what it can fail on and records the reason in the part's `u
 missing NVML, an unsupported NVML query, a container without /proc/cpuinfo all yield a snapshot,
 never a traceback. torch's build is read from its package files (`torch/version.py`), since
 importing torch costs seconds; ONNX Runtime is imported (a few hundred ms) because creating a session
-is the only proof that an execution provider works.
+is the only proof that an execution provider works. That proof is cached (`ort-probe.json` in the user
+cache dir) under a key of everything that can change its outcome: the ONNX Runtime, NVIDIA and
+TensorRT distributions and versions, the ORT package's files, the dynamic-linker cache
+(`/etc/ld.so.cache`, rewritten when system CUDA/cuDNN libraries are installed), the library-path
+environment and the GPUs and driver. A change to any of them re-probes; `fresh=True` always does.
 """
 
 from __future__ import annotations
@@ -364,16 +368,88 @@ def check_ort_provider(ort: Any, provider: str) -> ProviderCheck:
     )
 
 
-def probe_onnxruntime(check_gpu_providers: bool) -> OrtInfo:
+ORT_CACHE_FILE = "ort-probe.json"
+_LIBRARY_ENV = ("LD_LIBRARY_PATH", "CUDA_PATH", "CUDA_HOME", "CUDNN_PATH", "CUDA_VISIBLE_DEVICES", "ORT_TENSORRT_ENGINE_CACHE_PATH")
+
+
+def _ort_cache_key(info: OrtInfo, related: list[tuple[str, str]], gpu_key: str) -> str:
+    """A digest of everything that can change what the provider checks find (see the module doc)."""
+    import hashlib
+    import json
+
+    def mtime(path: str | Path | None) -> float | None:
+        try:
+            return os.stat(path).st_mtime if path else None
+        except OSError:
+            return None
+
+    spec = importlib.util.find_spec("onnxruntime")  # locates, does not import
+    package = Path(spec.origin).parent if spec and spec.origin else None
+    capi = package / "capi" if package else None
+    parts = {
+        "dlab": __version__,
+        "python": sys.prefix,
+        "ort": [(d.name, d.version) for d in info.distributions],
+        "related": sorted(related),
+        "package": [str(package), mtime(package), mtime(capi)],
+        "ldcache": mtime("/etc/ld.so.cache"),
+        "env": {k: os.environ.get(k) for k in _LIBRARY_ENV} | ({"PATH": os.environ.get("PATH")} if os.name == "nt" else {}),
+        "gpus": gpu_key,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_ort_cache(key: str) -> OrtInfo | None:
+    try:
+        import json
+
+        cached = json.loads((cache_dir() / ORT_CACHE_FILE).read_text())
+        if cached.get("key") != key:
+            return None
+        info = OrtInfo.model_validate(cached["info"])
+        return info.model_copy(update={"cached": True})
+    except Exception:  # missing, unreadable, from another dlab version: probe again
+        return None
+
+
+def _write_ort_cache(key: str, info: OrtInfo) -> None:
+    import json
+
+    path = cache_dir() / ORT_CACHE_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "info": json.loads(info.model_dump_json())}))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: no cache, every doctor probes
+
+
+def probe_onnxruntime(check_gpu_providers: bool, gpu_key: str = "", fresh: bool = False) -> OrtInfo:
     info = OrtInfo()
+    related = []
     for dist in metadata.distributions():
         name = (dist.metadata["Name"] or "").lower()
         if name.startswith("onnxruntime") and not name.startswith("onnxruntime-genai"):
             if all(d.name != name for d in info.distributions):
                 info.distributions.append(OrtDistribution(name=name, version=dist.version))
+        elif name.startswith(("nvidia-", "tensorrt")):  # pip-installed CUDA, cuDNN, TensorRT libraries
+            related.append((name, dist.version))
     if not info.distributions:
         info.unavailable["providers"] = "onnxruntime is not installed"
         return info
+    key = _ort_cache_key(info, related, f"{check_gpu_providers}:{gpu_key}")
+    if not fresh and (cached := _read_ort_cache(key)) is not None:
+        return cached
+    info = _probe_ort_providers(info, check_gpu_providers)
+    if "providers" not in info.unavailable:  # only a successful import is worth remembering
+        # Keyed again: the first import of ORT can touch its package directory (bytecode caches).
+        _write_ort_cache(_ort_cache_key(info, related, f"{check_gpu_providers}:{gpu_key}"), info)
+    return info
+
+
+def _probe_ort_providers(info: OrtInfo, check_gpu_providers: bool) -> OrtInfo:
+    info.checked_at = datetime.now(timezone.utc)
     try:
         import onnxruntime as ort
     except Exception as e:  # a half-uninstalled ORT (two dists shadowing) fails here
@@ -390,21 +466,23 @@ def probe_onnxruntime(check_gpu_providers: bool) -> OrtInfo:
     return info
 
 
-def probe_software(check_gpu_providers: bool) -> SoftwareInfo:
+def probe_software(check_gpu_providers: bool, gpu_key: str = "", fresh: bool = False) -> SoftwareInfo:
     return SoftwareInfo(
         os=platform.system() or None,
         os_release=platform.release() or None,
         python=platform.python_version(),
         dlab=__version__,
         torch=probe_torch(),
-        onnxruntime=probe_onnxruntime(check_gpu_providers),
+        onnxruntime=probe_onnxruntime(check_gpu_providers, gpu_key, fresh),
     )
 
 
 # --------------------------------------------------------------------------------------- snapshot
-def take_snapshot(cwd: Path | None = None) -> HardwareSnapshot:
-    """Probe everything. Never raises for anything the machine can be missing."""
+def take_snapshot(cwd: Path | None = None, fresh: bool = False) -> HardwareSnapshot:
+    """Probe everything. Never raises for anything the machine can be missing. `fresh` re-runs the
+    ONNX Runtime provider checks instead of reusing a cached result."""
     nvidia = probe_nvidia()
+    gpu_key = ",".join([nvidia.driver_version or "", str(nvidia.pci_devices), *(g.uuid or g.name or "" for g in nvidia.gpus)])
     return HardwareSnapshot(
         taken_at=datetime.now(timezone.utc),
         hostname=socket.gethostname() or None,
@@ -412,5 +490,5 @@ def take_snapshot(cwd: Path | None = None) -> HardwareSnapshot:
         cpu=probe_cpu(),
         memory=probe_memory(),
         disks=[probe_disk("data", data_dir()), probe_disk("cwd", cwd or Path.cwd())],
-        software=probe_software(check_gpu_providers=bool(nvidia.gpus)),
+        software=probe_software(check_gpu_providers=bool(nvidia.gpus), gpu_key=gpu_key, fresh=fresh),
     )

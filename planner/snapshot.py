@@ -129,6 +129,10 @@ class OrtInfo(_Part):
     version: str | None = None
     providers: list[str] = Field(default_factory=list)
     provider_checks: list[ProviderCheck] = Field(default_factory=list)
+    # When the provider checks ran, and whether this snapshot reused them from the probe cache
+    # (keyed on everything that can change their outcome; see `dlab.planner.probe`).
+    checked_at: datetime | None = None
+    cached: bool = False
 
     def check(self, provider: str) -> ProviderCheck | None:
         return next((c for c in self.provider_checks if c.provider == provider), None)

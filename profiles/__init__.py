@@ -1,4 +1,5 @@
-"""dlab's data: the tier ladder, the GPU catalog and example machines, as TOML/JSON validated on load.
+"""dlab's data: the tier ladder, the GPU and model catalogs and example machines, as TOML/JSON
+validated on load.
 
 Code holds formulas; figures live here with a source for each. A file that fails validation raises
 `ProfileError` naming the file and the field, so a bad edit is one clear line, not a traceback.
@@ -27,6 +28,15 @@ MACHINES_DIR = PROFILES_DIR / "machines"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _unique_ids(items: list, what: str) -> list:
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise ValueError(f"duplicate {what} id {item.id!r}")
+        seen.add(item.id)
+    return items
 
 
 # ---------------------------------------------------------------------------------------- tiers
@@ -142,12 +152,7 @@ class GpuCatalog(_Strict):
     @field_validator("gpu")
     @classmethod
     def _unique(cls, gpus: list[GpuSpec]) -> list[GpuSpec]:
-        seen: set[str] = set()
-        for g in gpus:
-            if g.id in seen:
-                raise ValueError(f"duplicate gpu id {g.id!r}")
-            seen.add(g.id)
-        return gpus
+        return _unique_ids(gpus, "gpu")
 
     def get(self, gpu_id: str) -> GpuSpec | None:
         return next((g for g in self.gpu if g.id == gpu_id), None)
@@ -184,6 +189,116 @@ def _matches(pattern: str, name: str) -> bool:
         return False
     extra = set(re.findall(r"[a-z0-9-]+", name[m.end():])) - set(pattern.split())
     return not (extra & _VARIANT_WORDS)
+
+
+# ---------------------------------------------------------------------------------------- models
+ROLES = ("text_encoder", "denoiser", "vae", "vocoder", "autoregressive", "other")
+OFFLOADS = ("none", "model", "sequential")
+
+
+class ModelComponent(_Strict):
+    name: str
+    role: str
+    params: int = Field(gt=0)
+    optional: bool = False
+    offloadable: bool = True
+    gflops_per_step: float | None = Field(None, gt=0, description="denoiser: one image, native size, one step")
+    hidden_size: int | None = Field(None, gt=0)
+    layers: int | None = Field(None, gt=0)
+    source: str = Field(min_length=1)
+    notes: str = ""
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, v: str) -> str:
+        if v not in ROLES:
+            raise ValueError(f"role {v!r} is not one of {', '.join(ROLES)}")
+        return v
+
+
+class PublishedFigure(_Strict):
+    what: str
+    value: float = Field(gt=0)
+    precision: str | None = None
+    resolution: tuple[int, int] | None = None
+    batch: int = Field(1, ge=1)
+    offload: str = "none"
+    gpu: str | None = None
+    steps: int | None = Field(None, ge=1)
+    outcome: str = "ran"
+    # "exact": a measurement (dlab must be within ±20 %); "lower": at least this much; "upper": a card
+    # of this size is enough (a tool's stated minimum): dlab's predicted need must not exceed it.
+    bound: str = "exact"
+    source: str = Field(min_length=1)
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> PublishedFigure:
+        if self.bound not in ("exact", "lower", "upper"):
+            raise ValueError(f"bound {self.bound!r} is not 'exact', 'lower' or 'upper'")
+        if self.offload not in OFFLOADS:
+            raise ValueError(f"offload {self.offload!r} is not one of {', '.join(OFFLOADS)}")
+        if self.outcome not in ("ran", "oom"):
+            raise ValueError(f"outcome {self.outcome!r} is not 'ran' or 'oom'")
+        return self
+
+
+class ModelSpec(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")
+    name: str
+    kind: str
+    space: str
+    native_resolution: tuple[int, int] | None = None
+    native_seconds: float | None = Field(None, gt=0)
+    sample_rate: int | None = Field(None, gt=0)
+    latent_channels: int | None = Field(None, gt=0)
+    downsample: int = Field(1, ge=1)
+    patch_size: int = Field(1, ge=1)
+    denoiser_kind: str
+    uses_cfg: bool
+    vae_upcast: bool = False  # the VAE is decoded in fp32 when the pipeline runs in fp16
+    default_steps: int = Field(ge=1)
+    native_dtype: str
+    license: str = ""
+    source: str = Field(min_length=1)
+    notes: str = ""
+    component: list[ModelComponent] = Field(min_length=1)
+    published: list[PublishedFigure] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if self.kind not in ("image", "voice"):
+            raise ValueError(f"kind {self.kind!r} is not 'image' or 'voice'")
+        if self.kind == "image" and self.native_resolution is None:
+            raise ValueError("an image model needs native_resolution")
+        if not any(c.role == "denoiser" for c in self.component):
+            raise ValueError("a model needs a component with role = 'denoiser'")
+        return self
+
+    @property
+    def denoiser(self) -> ModelComponent:
+        return next(c for c in self.component if c.role == "denoiser")
+
+    @property
+    def params(self) -> int:
+        return sum(c.params for c in self.component)
+
+
+class ModelCatalog(_Strict):
+    schema_version: int
+    model: list[ModelSpec] = Field(min_length=1)
+
+    @field_validator("model")
+    @classmethod
+    def _unique(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        return _unique_ids(models, "model")
+
+    def get(self, model_id: str) -> ModelSpec | None:
+        return next((m for m in self.model if m.id == model_id.lower()), None)
+
+    @property
+    def ids(self) -> list[str]:
+        return [m.id for m in self.model]
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -236,6 +351,16 @@ def load_tiers(path: Path | None = None) -> TierLadder:
 def load_gpu_catalog(path: Path | None = None) -> GpuCatalog:
     path = path or PROFILES_DIR / "gpus.toml"
     return validate_profile(GpuCatalog, _read_toml(path), path)
+
+
+def load_model_catalog(path: Path | None = None) -> ModelCatalog:
+    path = path or PROFILES_DIR / "models.toml"
+    return validate_profile(ModelCatalog, _read_toml(path), path)
+
+
+@lru_cache(maxsize=1)
+def model_catalog() -> ModelCatalog:
+    return load_model_catalog()
 
 
 @lru_cache(maxsize=1)
