@@ -77,10 +77,14 @@ class ImageModel:
         return cls(unet.eval(), text_encoder.eval(), tokenizer, config, path, file_sha256(path))
 
     @torch.inference_mode()
-    def encode(self, prompts: list[str]) -> tuple[tuple[torch.Tensor, torch.Tensor], list[str]]:
-        """Text → (embedding, mask), and the words the vocabulary does not know."""
+    def encode(
+        self, prompts: list[str], backend: Backend | None = None
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], list[str]]:
+        """Text → (embedding, mask), and the words the vocabulary does not know. A backend with an
+        `encode_text(ids, mask)` (the ONNX one) runs the text encoder; otherwise eager PyTorch does."""
         enc = self.tokenizer.encode(prompts)
-        emb, mask = self.text_encoder(enc.ids, enc.mask)
+        encode_text = getattr(backend, "encode_text", None) or self.text_encoder
+        emb, mask = encode_text(enc.ids, enc.mask)
         unknown = sorted({w for words in enc.unknown for w in words})
         return (emb.float(), mask), unknown
 
@@ -139,6 +143,7 @@ class ImageResult:
     unknown_words: list[str]
     seconds: float
     trace: np.ndarray | None = None  # (frames, B, H, W, 3) uint8, noise → image
+    finite: bool = True  # False when the sampler produced NaN/inf (fp16 overflow): the images are not valid
 
 
 def initial_noise(seed: int, batch: int, size: int, channels: int = 3) -> tuple[torch.Tensor, torch.Generator]:
@@ -172,8 +177,8 @@ def denoise_prompts(
     """The core loop for a batch of (possibly different) prompts from the noise `x`:
     encode, guide (both branches in one batched call), sample. Returns the final x and the
     words the model's vocabulary did not know."""
-    cond, unknown = model.encode(prompts)
-    uncond, _ = model.encode([negative_prompt])
+    cond, unknown = model.encode(prompts, backend)
+    uncond, _ = model.encode([negative_prompt], backend)
     guided = cfg_model(backend, cond, uncond, guidance, guidance_rescale)
     options: dict[str, Any] = dict(spacing=spacing, generator=generator, callback=callback)
     if sampler == "ddim":
@@ -187,12 +192,18 @@ def generate_images(
     backend: Backend,
     callback: Callable[[StepInfo], bool | None] | None = None,
     trace_frames: int = 0,
+    noise: torch.Tensor | None = None,
 ) -> ImageResult:
     """Run one request. `callback` sees every step and may return True to cancel
-    (`SamplingCancelled` carries the partial batch)."""
+    (`SamplingCancelled` carries the partial batch). `noise` replaces the seed's initial noise (a
+    slice of it, when a batch is split after running out of memory: DDIM images stay identical)."""
     req = request.check(model.schedule.num_train_timesteps)
     t0 = time.perf_counter()
     x, generator = initial_noise(req.seed, req.batch, model.image_size)
+    if noise is not None:
+        if noise.shape != x.shape:
+            raise ValueError(f"noise of shape {tuple(noise.shape)} for a batch of shape {tuple(x.shape)}")
+        x = noise.clone()
 
     frames: list[torch.Tensor] = []
     keep: set[int] = set()
@@ -212,7 +223,8 @@ def generate_images(
         eta=req.eta, spacing=req.spacing, generator=generator, callback=on_step,
     )
     seconds = time.perf_counter() - t0
-    images = to_uint8(out.clamp(-1, 1).cpu().numpy())
+    finite = bool(torch.isfinite(out).all())
+    images = to_uint8(out.clamp(-1, 1).nan_to_num(0.0).cpu().numpy())
     trace = np.stack([to_uint8(f.clamp(-1, 1).cpu().numpy()) for f in frames]) if frames else None
     params = {
         "prompt": req.prompt,
@@ -232,7 +244,7 @@ def generate_images(
         "precision": backend.precision,
         "dlab": _dlab_version(),
     }
-    return ImageResult(images=images, params=params, unknown_words=unknown, seconds=seconds, trace=trace)
+    return ImageResult(images=images, params=params, unknown_words=unknown, seconds=seconds, trace=trace, finite=finite)
 
 
 def _dlab_version() -> str:

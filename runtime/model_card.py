@@ -37,14 +37,17 @@ background", "yellow triangle on black background", "a large circle"); the capti
 (empty prompt) 10 % of the time so one model learns both branches of classifier-free guidance."""
 
 
-def run_card_evaluation(weights: Path, log: Callable[[str], Any] = print, only: list[str] | None = None) -> list[dict]:
-    from dlab.runtime.backends import EagerBackend
+def run_card_evaluation(weights: Path, log: Callable[[str], Any] = print, only: list[str] | None = None,
+                        backend_kind: str = "eager") -> list[dict]:
+    """Run `EVAL_CONFIGS` on the CPU. `backend_kind="onnx"` runs the same sampler loop through ONNX
+    Runtime (about 3× faster here; its images match eager's within 1e-3, see tests/test_onnx_backend.py)."""
     from dlab.runtime.evaluate import evaluate_model
     from dlab.runtime.image import ImageModel
+    from dlab.runtime.onnx_backend import make_backend
     from dlab.runtime.shapes import prompt_grid
 
     model = ImageModel.load(weights)
-    backend = EagerBackend(model.unet)
+    backend = make_backend(model, backend_kind, "cpu", "fp32")
     results = []
     for name, sampler, steps, guidance, pset, seeds in EVAL_CONFIGS:
         if only and name not in only:
@@ -52,7 +55,7 @@ def run_card_evaluation(weights: Path, log: Callable[[str], Any] = print, only: 
         r = evaluate_model(model, backend, prompt_grid(with_size=pset == "size"), seeds=seeds, sampler=sampler,
                            steps=steps, guidance=guidance, name=name)
         log(f"{name}: {100 * r.accuracy:.1f}% ({r.images_per_s:.1f} img/s)")
-        results.append({**r.model_dump(), "prompt_set": pset})
+        results.append({**r.model_dump(), "prompt_set": pset, "backend": backend.name})
     return results
 
 
@@ -89,14 +92,15 @@ def render_card(config: dict) -> str:
         "## Training",
         f"- {config.get('steps')} steps × batch {t.get('batch_size')}, seed {config.get('seed')}, precision {t.get('precision')}, "
         f"AdamW lr {t.get('lr')} (warm-up {t.get('warmup_steps')}, cosine), EMA {t.get('ema_decay')}, "
-        + (f"min-SNR γ = {t['snr_gamma']:g}" if t.get("snr_gamma") else "plain MSE on the target")
+        + ((f"min-SNR γ = {t['snr_gamma']:g}" if t.get("snr_weighting", "min_snr") == "min_snr"
+            else f"min(SNR + 1, γ + 1) weighting, γ = {t['snr_gamma']:g}") if t.get("snr_gamma") else "plain MSE on the target")
         + f", p_uncond {t.get('p_uncond')}",
         f"- wall time {float(config.get('wall_s', 0)) / 60:.1f} min ({float(config.get('s_per_step', 0)):.3f} s/step, "
         f"{config.get('torch_threads')} threads, torch {config.get('torch_version')})",
         f"- final loss (mean of the last 50 steps): {float(config.get('final_loss', float('nan'))):.4f}",
         "- reproduce: `dlab train image --steps {steps} --seed {seed} --batch {batch} --precision {prec}{gamma}`".format(
             steps=config.get("steps"), seed=config.get("seed"), batch=t.get("batch_size"), prec=t.get("precision"),
-            gamma=f" --snr-gamma {t['snr_gamma']:g}" if t.get("snr_gamma") else ""),
+            gamma=f" --snr-gamma {t['snr_gamma']:g}" if t.get("snr_gamma") else " --snr-gamma 0"),
         "",
         "## Evaluation",
     ]
@@ -109,8 +113,8 @@ def render_card(config: dict) -> str:
             "every attribute its prompt names is detected. Prompt sets: every shape×colour×background prompt (54) "
             "and every size×shape×colour prompt (36).",
             "",
-            "| config | sampler | steps | guidance | prompts × seeds | adherence | shape | colour | background | size | images/s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| config | sampler | steps | guidance | prompts × seeds | adherence | shape | colour | background | size | images/s | backend |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for e in evals:
             pa = e.get("per_attribute", {})
@@ -118,7 +122,7 @@ def render_card(config: dict) -> str:
             lines.append(
                 f"| {e['name']} | {e['sampler']} | {e['steps']} | {e['guidance']:g} | {e['prompts']} × {e['seeds']} | "
                 f"**{100 * e['accuracy']:.1f}%** | {cell('shape')} | {cell('colour')} | {cell('background')} | {cell('size')} | "
-                f"{e['images_per_s']:.1f} |"
+                f"{e['images_per_s']:.1f} | {e.get('backend', 'eager')} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -79,6 +79,10 @@ class TrainConfig(BaseModel):
     # the model predicts a gray conditional mean at t = 999 for every prompt); plain v-MSE learned
     # background 90 % but shape only 22 %. Neither run was long enough; see the model card.
     snr_gamma: float | None = 5.0
+    # How γ clamps: "min_snr" is Hang et al.'s x0-space weight min(SNR, γ); "min_snr_plus_one" is
+    # min(SNR + 1, γ + 1), which for v-prediction is min(1, (γ + 1)/(SNR + 1)): plain v-MSE at the noisy
+    # end (where a 32×32 sample fixes background and colour), min-SNR's down-weighting at the clean end.
+    snr_weighting: Literal["min_snr", "min_snr_plus_one"] = "min_snr_plus_one"
     schedule: Literal["cosine", "linear", "scaled_linear"] = "cosine"
     prediction: Literal["v_prediction", "epsilon"] = "v_prediction"
     num_train_timesteps: int = 1000
@@ -176,10 +180,11 @@ class _Trainer:
         per_sample = (out.float() - target).pow(2).mean(dim=(1, 2, 3))
         if c.snr_gamma is None:
             return per_sample.mean()
-        # min-SNR-γ (Hang et al. 2023, sec. 3.4): the x0-loss weight min(SNR, γ) expressed for the
-        # target predicted, ÷ SNR for ε and ÷ (SNR + 1) for v.
+        # min-SNR-γ (Hang et al. 2023, sec. 3.4): an x0-loss weight, min(SNR, γ) or min(SNR + 1, γ + 1),
+        # expressed for the target predicted: ÷ SNR for ε and ÷ (SNR + 1) for v.
         snr = self.schedule.snr(t)
-        weight = snr.clamp(max=c.snr_gamma) / (snr + 1 if c.prediction == "v_prediction" else snr)
+        x0_weight = snr.clamp(max=c.snr_gamma) if c.snr_weighting == "min_snr" else (snr + 1).clamp(max=c.snr_gamma + 1)
+        weight = x0_weight / (snr + 1 if c.prediction == "v_prediction" else snr)
         return (per_sample * weight.nan_to_num(1.0).float()).mean()
 
     def step(self) -> float:
@@ -336,7 +341,8 @@ def load_image_model(path: Path | str) -> tuple[UNet, TextEncoder, Tokenizer, di
         config = json.loads(config_path.read_text())
         if config.get("format") != FORMAT:
             raise ValueError(f"not a {FORMAT} config")
-        unet = UNet(UNetConfig.from_dict(config["unet"]))
+        # Configs written before `pooled_text` existed describe nets without it.
+        unet = UNet(UNetConfig.from_dict({"pooled_text": False, **config["unet"]}))
         text = TextEncoder(TextEncoderConfig.from_dict(config["text_encoder"]))
         tok = config["tokenizer"]
         tokenizer = Tokenizer.from_list(tok["vocab"], max_len=tok["max_len"])

@@ -119,3 +119,36 @@ def test_train_a_few_steps_writes_a_loadable_model(tmp_path):
 def test_train_bad_input():
     one_line_exit_2(dlab("train", "image"), "--minutes")
     one_line_exit_2(dlab("train", "image", "--steps", "0"), "--steps")
+
+
+# ------------------------------------------------------------------------------------ the plan decides
+def test_generate_without_settings_follows_the_plan(tmp_path, tiny_model_path):
+    from dlab.planner.plan import make_plan
+    from dlab.planner.probe import take_snapshot
+
+    plan = make_plan("shapes", take_snapshot(), device="cpu")
+    r = dlab("generate", "image", "a red circle", "--model", str(tiny_model_path), "--steps", "2", "--seed", "1",
+             "--out", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    params = json.loads(r.stdout)["params"]
+    assert params["batch"] == plan.batch and params["precision"] == plan.precision and params["device"] == "cpu"
+    assert params["backend"] == {"eager": "eager", "onnx": "onnxruntime"}[plan.backend]
+
+
+def test_settings_the_plan_refuses_need_force(tmp_path, tiny_model_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from dlab.cli import app
+    from dlab.errors import DlabError
+    from dlab.planner import probe
+    from dlab.planner.snapshot import load_snapshot
+    from dlab.profiles import example_machines
+
+    snap = load_snapshot(example_machines()["cpu_laptop"])
+    tight = snap.model_copy(update={"memory": snap.memory.model_copy(update={"available_bytes": int(1.9 * 2**30)})})
+    monkeypatch.setattr(probe, "take_snapshot", lambda *a, **k: tight)
+    args = ["generate", "image", "a red circle", "--model", str(tiny_model_path), "--steps", "2", "--out", str(tmp_path)]
+    r = CliRunner().invoke(app, [*args, "--batch", "256"])
+    assert isinstance(r.exception, DlabError) and "will not fit" in str(r.exception) and "nearest that fits" in str(r.exception)
+    r = CliRunner().invoke(app, [*args, "--batch", "256", "--force", "--json"])
+    assert r.exit_code == 0, r.output

@@ -165,6 +165,41 @@ def test_ort_cuda_provider_listed_but_broken_names_the_reason():
     assert ".so" in c.detail or "CUDA" in c.detail, c.detail
 
 
+@pytest.fixture
+def ort_cache(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(probe, "cache_dir", lambda: tmp_path)
+    return tmp_path / probe.ORT_CACHE_FILE
+
+
+def test_ort_probe_is_cached_and_fresh_re_checks(ort_cache):
+    first = probe.probe_onnxruntime(check_gpu_providers=False)
+    assert not first.cached and first.checked_at is not None and ort_cache.is_file()
+    assert first.check("CPUExecutionProvider").works
+    second = probe.probe_onnxruntime(check_gpu_providers=False)
+    assert second.cached and second.checked_at == first.checked_at
+    assert second.providers == first.providers and second.provider_checks == first.provider_checks
+    again = probe.probe_onnxruntime(check_gpu_providers=False, fresh=True)
+    assert not again.cached and again.checked_at > first.checked_at
+
+
+def test_ort_probe_cache_is_keyed_on_what_changes_the_outcome(ort_cache, monkeypatch):
+    probe.probe_onnxruntime(check_gpu_providers=False)
+    assert probe.probe_onnxruntime(check_gpu_providers=False).cached
+    # a different GPU set or driver, a GPU check wanted, a new library path: each re-probes
+    assert not probe.probe_onnxruntime(check_gpu_providers=False, gpu_key="550.54,GPU-1234").cached
+    assert not probe.probe_onnxruntime(check_gpu_providers=True).cached
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/cuda/lib64")
+    assert not probe.probe_onnxruntime(check_gpu_providers=False).cached
+
+
+def test_corrupt_ort_cache_is_ignored_and_rewritten(ort_cache):
+    ort_cache.write_text("{not json")
+    info = probe.probe_onnxruntime(check_gpu_providers=False)
+    assert not info.cached and info.check("CPUExecutionProvider").works
+    assert json.loads(ort_cache.read_text())["info"]["providers"] == info.providers
+
+
 # ---------------------------------------------------------------------------------- snapshot
 def test_snapshot_json_round_trip_and_never_imports_torch():
     code = ("import sys, json; from dlab.planner.probe import take_snapshot; s = take_snapshot(); "

@@ -3,9 +3,9 @@
 Layout follows the ADM / Stable Diffusion U-Net at toy scale: a conv stem, an encoder of residual blocks
 with stride-2 downsampling, a bottleneck (res, attention, res), a decoder that concatenates the encoder's
 skips and upsamples, and a GroupNorm-SiLU-conv head. The timestep goes through a sinusoidal embedding and
-an MLP and is added inside every residual block. At the resolutions named in `attention_resolutions` a
-transformer block does self-attention over the pixels, cross-attention to the text encoder's output
-(padding masked) and a small MLP. The output conv starts at zero, so an untrained net predicts 0
+an MLP and is added inside every residual block, together with a projection of the pooled prompt. At
+the resolutions named in `attention_resolutions` a transformer block does self-attention over the
+pixels, cross-attention to the text encoder's output (padding masked) and a small MLP. The output conv starts at zero, so an untrained net predicts 0
 and the first steps only learn, never fight a random output.
 """
 
@@ -38,6 +38,11 @@ class UNetConfig(BaseModel):
     time_embed_dim: int = 128
     groups: int = 16
     dropout: float = 0.0
+    # Add a projection of the text encoder's pooled output (its position-0 `<null>` slot, which attends
+    # to every token) to the time embedding, as Imagen and SDXL do. Every residual block then gets a
+    # per-channel shift from the prompt: the global decisions (background, fill colour) that a
+    # 32×32 sample makes in its first, noisiest steps no longer depend on cross-attention alone.
+    pooled_text: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> UNetConfig:
@@ -178,6 +183,7 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(
             nn.Linear(c.base_channels, temb), nn.SiLU(), nn.Linear(temb, temb)
         )
+        self.text_to_time = nn.Linear(c.context_dim, temb) if c.pooled_text else None
         p2 = c.patch_size**2
         self.conv_in = nn.Conv2d(c.in_channels * p2, c.base_channels, 3, padding=1)
 
@@ -213,6 +219,8 @@ class UNet(nn.Module):
 
     def forward(self, x, t, context, context_mask=None):
         temb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        if self.text_to_time is not None:
+            temb = temb + self.text_to_time(context[:, 0])
         p = self.config.patch_size
         h = self.conv_in(F.pixel_unshuffle(x, p) if p > 1 else x)
         skips = [h]
