@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dlab.planner.calibration import calibration_rows
+from dlab.planner.calibration import calibration_rows, time_rows
 
 
 def main() -> None:
@@ -26,6 +26,11 @@ def main() -> None:
               f"{x['published_gib']:9.2f} {x['predicted_gib']:9.2f} {x['ratio']:6.2f} {'ok' if x['ok'] else 'MISS'}")
     print(f"{sum(x['ok'] for x in r)}/{len(r)} hold: measured peaks within ±20 %; 'at least' rows ≥ 80 %; 'enough' rows"
           " (a tool's stated minimum card) at or above dlab's leanest need; OOM rows below dlab's need")
+    print(f"\n{'model':13} {'gpu':18} {'figure':18} {'published':>9} {'predicted':>9} {'ratio':>6}")
+    for x in time_rows():
+        pred = "-" if x["predicted"] is None else f"{x['predicted']:9.2f}"
+        ratio = "-" if x["ratio"] is None else f"{x['ratio']:6.2f}"
+        print(f"{x['model']:13} {x['gpu'][:18]:18} {x['what'] + ' b' + str(x.get('batch', 1)):18} {x['published']:9.2f} {pred:>9} {ratio:>6} {x['note']}")
 
 
 if __name__ == "__main__":

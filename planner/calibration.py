@@ -47,3 +47,37 @@ def calibration_rows() -> list[dict]:
     return out
 
 
+
+
+def time_rows() -> list[dict]:
+    """Published speeds (it/s, or seconds per image with a step count) against the time model on the
+    catalog's figures for the named GPU. Reported, not asserted: the time model claims ±35 %."""
+    from dlab.planner.fit import gpu_call_seconds  # noqa: F401  (the formula these rows exercise)
+    from dlab.profiles import gpu_catalog
+
+    out = []
+    for m in model_catalog().model:
+        for f in m.published:
+            if f.what not in ("it/s", "seconds per image") or not f.gpu or m.kind != "image" or f.gpu.startswith("CPU"):
+                continue
+            spec = gpu_catalog().match(f.gpu) or gpu_catalog().match("NVIDIA " + f.gpu)
+            if spec is None:
+                out.append({"model": m.id, "gpu": f.gpu, "what": f.what, "published": f.value, "predicted": None,
+                            "ratio": None, "note": "GPU not in the catalog"})
+                continue
+            prec = f.precision or "fp16"
+            tflops = spec.fp32_tflops if prec == "fp32" else (
+                spec.bf16_tensor_tflops if prec in ("bf16", "fp8", "nf4") and spec.bf16_tensor_tflops else spec.fp16_tensor_tflops)
+            dev = Device(kind="cuda", name=spec.name, memory_bytes=1e15, tflops=tflops,
+                         bandwidth_gbs=spec.memory_bandwidth_gbs, pcie_gbs=24)
+            w, h = f.resolution or m.native_resolution
+            est = estimate(m, Config(precision=prec, width=w, height=h, batch=f.batch, offload=f.offload), dev)
+            if f.what == "it/s":
+                pred = 1 / est.step_seconds
+            else:
+                steps = f.steps or m.default_steps
+                pred = est.seconds_per_image * (steps + 2) / (m.default_steps + 2)
+            out.append({"model": m.id, "gpu": f.gpu, "what": f.what, "precision": prec, "batch": f.batch,
+                        "offload": f.offload, "published": f.value, "predicted": round(pred, 2),
+                        "ratio": round(pred / f.value, 2), "note": ""})
+    return out

@@ -177,7 +177,8 @@ def denoiser_activation_elements(model: ModelSpec, width: int, height: int) -> f
     if model.denoiser_kind == "unet" or den.hidden_size is None:
         # The constant is for SD-width U-Nets (widest attention 1280 channels); narrower nets scale.
         width_scale = min(1.0, (den.hidden_size or UNET_REFERENCE_WIDTH) / UNET_REFERENCE_WIDTH)
-        return m.unet_elements_per_latent_pixel * width_scale * latent_pixels(model, width, height)
+        # Per feature-map pixel of the first level: after a patch stem (shapes: 2×2) there are p² fewer.
+        return m.unet_elements_per_latent_pixel * width_scale * latent_pixels(model, width, height) / model.patch_size**2
     return m.transformer_elements_per_token_hidden * tokens(model, width, height) * den.hidden_size
 
 

@@ -92,8 +92,10 @@ def render_card(config: dict) -> str:
         "## Training",
         f"- {config.get('steps')} steps × batch {t.get('batch_size')}, seed {config.get('seed')}, precision {t.get('precision')}, "
         f"AdamW lr {t.get('lr')} (warm-up {t.get('warmup_steps')}, cosine), EMA {t.get('ema_decay')}, "
-        + ((f"min-SNR γ = {t['snr_gamma']:g}" if t.get("snr_weighting", "min_snr") == "min_snr"
-            else f"min(SNR + 1, γ + 1) weighting, γ = {t['snr_gamma']:g}") if t.get("snr_gamma") else "plain MSE on the target")
+        + ({"min_snr": f"min-SNR γ = {t.get('snr_gamma', 0):g}",
+            "min_snr_plus_one": f"min(SNR + 1, γ + 1) weighting, γ = {t.get('snr_gamma', 0):g}",
+            "min_snr_floor": f"min-SNR γ = {t.get('snr_gamma', 0):g} with a floor of {t.get('snr_floor', 0):g} on the target's weight",
+            }[t.get("snr_weighting", "min_snr")] if t.get("snr_gamma") else "plain MSE on the target")
         + f", p_uncond {t.get('p_uncond')}",
         f"- wall time {float(config.get('wall_s', 0)) / 60:.1f} min ({float(config.get('s_per_step', 0)):.3f} s/step, "
         f"{config.get('torch_threads')} threads, torch {config.get('torch_version')})",

@@ -41,7 +41,7 @@ def test_memory_prediction_against_a_real_child_process():
     (row,) = bench.measure_memory(batches=(1,))
     assert 0.1 < row["measured_gib"] < 4  # python + torch + the 23 MB model
     assert row["ratio"] == pytest.approx(row["predicted_gib"] / row["measured_gib"])
-    assert 0.5 < row["ratio"] < 2.0  # the plan's RAM figure is in the right range (bench reports the exact ratio)
+    assert 0.65 < row["ratio"] < 1.35  # ±20 % measured here (1.00); the margin is for other machines' RSS
 
 
 def test_report_round_trip_and_the_planner_reads_it(tmp_path):

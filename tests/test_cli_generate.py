@@ -123,15 +123,16 @@ def test_train_bad_input():
 
 # ------------------------------------------------------------------------------------ the plan decides
 def test_generate_without_settings_follows_the_plan(tmp_path, tiny_model_path):
-    from dlab.planner.plan import make_plan
+    from dlab.planner.plan import load_bench, make_plan
     from dlab.planner.probe import take_snapshot
 
-    plan = make_plan("shapes", take_snapshot(), device="cpu")
+    plan = make_plan("shapes", take_snapshot(), bench=load_bench())
     r = dlab("generate", "image", "a red circle", "--model", str(tiny_model_path), "--steps", "2", "--seed", "1",
              "--out", str(tmp_path), "--json")
     assert r.returncode == 0, r.stderr
     params = json.loads(r.stdout)["params"]
-    assert params["batch"] == plan.batch and params["precision"] == plan.precision and params["device"] == "cpu"
+    assert params["batch"] == plan.batch and params["precision"] == plan.precision
+    assert params["device"] == ("cpu" if plan.device == "cpu" else "cuda:0")
     assert params["backend"] == {"eager": "eager", "onnx": "onnxruntime"}[plan.backend]
 
 
@@ -145,7 +146,7 @@ def test_settings_the_plan_refuses_need_force(tmp_path, tiny_model_path, monkeyp
     from dlab.profiles import example_machines
 
     snap = load_snapshot(example_machines()["cpu_laptop"])
-    tight = snap.model_copy(update={"memory": snap.memory.model_copy(update={"available_bytes": int(1.9 * 2**30)})})
+    tight = snap.model_copy(update={"memory": snap.memory.model_copy(update={"available_bytes": int(0.5 * 2**30)})})
     monkeypatch.setattr(probe, "take_snapshot", lambda *a, **k: tight)
     args = ["generate", "image", "a red circle", "--model", str(tiny_model_path), "--steps", "2", "--out", str(tmp_path)]
     r = CliRunner().invoke(app, [*args, "--batch", "256"])

@@ -110,7 +110,7 @@ def test_plans_people_expect_on_the_ladder():
 
 
 def test_explicit_request_that_does_not_fit_names_the_nearest():
-    p = make_plan("sdxl", MACHINES["appetizer"], resolution=(2048, 2048), batch=8)
+    p = make_plan("sdxl", MACHINES["appetizer"], resolution=(4096, 4096), batch=8)
     assert not p.fits and p.nearest
     with pytest.raises(BadInput, match="nearest that fits"):
         check_request(p)
