@@ -310,20 +310,20 @@ def probe_torch() -> TorchInfo:
 @contextlib.contextmanager
 def _captured_stderr_fd():
     """ORT's C++ logger writes the reason a provider failed to fd 2; capture it there."""
-    buf = tempfile.TemporaryFile(mode="w+b")
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield lambda: ""
-        return
-    sys.stderr.flush()
-    os.dup2(buf.fileno(), 2)
-    try:
-        yield lambda: (buf.seek(0), buf.read().decode(errors="replace"))[1]
-    finally:
+    with tempfile.TemporaryFile(mode="w+b") as buf:
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield lambda: ""
+            return
         sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield lambda: (buf.seek(0), buf.read().decode(errors="replace"))[1]
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
