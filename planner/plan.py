@@ -254,10 +254,11 @@ def make_plan(
             raise BadInput(f"--device {device}: this machine has no NVIDIA GPU (see `dlab doctor`)")
     gpu_plan = None
     if gpus and device != "cpu":
-        gpu_plan = _plan_gpu(model, snap, gpus[0], w, h, batch, max_batch, ram_budget, len(snap.gpus), bench, nearest)
+        # The nearest-fit search is costly: run it only if the GPU plan is what gets returned.
+        gpu_plan = _plan_gpu(model, snap, gpus[0], w, h, batch, max_batch, ram_budget, len(snap.gpus), bench)
         gpu_plan.why["resolution"] = res_why
         if gpu_plan.fits or (device or "").startswith("cuda"):
-            return gpu_plan
+            return _with_nearest(gpu_plan, model, snap, w, h, batch, nearest)
     cpu = _plan_cpu(model, snap, w, h, batch, max_batch, ram_budget, bench, nearest)
     cpu.why["resolution"] = res_why
     if gpu_plan is None or device == "cpu":
@@ -265,7 +266,14 @@ def make_plan(
     if cpu.fits:
         cpu.why["device"] = f"does not fit on {gpu_plan.device_name} ({gpu_plan.why.get('offload', '')}); runs on the CPU instead"
         return cpu
-    return gpu_plan
+    return _with_nearest(gpu_plan, model, snap, w, h, batch, nearest)
+
+
+def _with_nearest(plan: Plan, model: ModelSpec, snap: HardwareSnapshot, w: int, h: int, batch: int | None,
+                  nearest: bool) -> Plan:
+    if not plan.fits and nearest:
+        plan.nearest = _nearest(model, snap, w, h, batch, plan.device)
+    return plan
 
 
 def _builtins() -> set[str]:
@@ -301,7 +309,7 @@ def _has_vae(model: ModelSpec) -> bool:
     return any(c.role == "vae" for c in model.component)
 
 
-def _plan_gpu(model, snap, g, w, h, batch, max_batch, ram_budget, n_gpus, bench, nearest) -> Plan:
+def _plan_gpu(model, snap, g, w, h, batch, max_batch, ram_budget, n_gpus, bench) -> Plan:
     native, prec_why = gpu_precision(g)
     if model.kind == "voice" and model.native_dtype == "fp32":
         native, prec_why = "fp32", f"{model.name} runs in fp32 (its half-precision mode is optional and lossy)"
@@ -355,8 +363,6 @@ def _plan_gpu(model, snap, g, w, h, batch, max_batch, ram_budget, n_gpus, bench,
     )
     _set_time(plan, model, est)
     plan.confidence = _confidence(model, g, device, w, h)
-    if not ok and nearest:
-        plan.nearest = _nearest(model, snap, w, h, batch, f"cuda:{g.index}")
     return plan
 
 

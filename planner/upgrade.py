@@ -103,8 +103,9 @@ def upgrade_path(snap: HardwareSnapshot) -> UpgradePath:
         step = LadderStep(tier_id=tier.id, tier_name=tier.name, buy=tier.build.upgrade or tier.build.gpu,
                           build=f"{tier.build.gpu}, {tier.build.ram_gb} GB RAM, {tier.build.cpu}",
                           price_usd=tier.build.price_usd)
+        there = {model_id: _workload_plan(model_id, there_snap) for model_id in here}
         for model_id, p_here in here.items():
-            p_there = _workload_plan(model_id, there_snap)
+            p_there = there[model_id]
             s_here, s_there = _seconds(p_here), _seconds(p_there)
             w = Workload(model=model_id, fits_here=p_here.fits, fits_there=p_there.fits, seconds_here=s_here,
                          seconds_there=s_there, there=f"{p_there.precision}, offload {p_there.offload}, batch {p_there.batch}")
@@ -117,8 +118,7 @@ def upgrade_path(snap: HardwareSnapshot) -> UpgradePath:
             elif not p_there.fits:
                 step.still_not.append(model_id)
         steps.append(step)
-        snap = there_snap  # the next step starts from this one
-        here = {m: _workload_plan(m, snap) for m in here}
+        here = there  # the next step starts from this one
     return UpgradePath(tier_id=current.tier_id, tier_name=current.tier_name, steps=steps)
 
 
