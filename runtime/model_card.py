@@ -82,8 +82,10 @@ def render_card(config: dict) -> str:
         "## Model",
         f"- U-Net: base {u.get('base_channels')} channels, multipliers {u.get('channel_mult')}, "
         f"{u.get('num_res_blocks')} res block(s) per level, {u.get('patch_size', 1)}×{u.get('patch_size', 1)} pixel-unshuffle stem, "
-        f"self + cross attention at feature maps {u.get('attention_resolutions')}; "
-        f"{config.get('unet_params', '?')} parameters",
+        f"self + cross attention at feature maps {u.get('attention_resolutions')}, "
+        + ("time and pooled-prompt embedding as a scale and shift in every residual block; " if u.get("scale_shift")
+           else "time embedding added in every residual block; ")
+        + f"{config.get('unet_params', '?')} parameters",
         f"- text encoder: word tokenizer ({len(config.get('tokenizer', {}).get('vocab', []))} tokens), "
         f"{te.get('layers')}-layer transformer, width {te.get('dim')}; {config.get('text_params', '?')} parameters",
         f"- noise schedule: {config.get('schedule', {}).get('kind')}, T = {config.get('schedule', {}).get('num_train_timesteps')}, "

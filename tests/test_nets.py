@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 from dlab.errors import BadFile
 from dlab.runtime import shapes
 from dlab.runtime.nets.text import PAD, UNK, TextEncoder, TextEncoderConfig, Tokenizer
-from dlab.runtime.nets.unet import UNet, UNetConfig
-from dlab.runtime.train import TrainConfig, load_image_model, save_image_model, train_image_model
+from dlab.runtime.nets.unet import ResBlock, UNet, UNetConfig
+from dlab.runtime.train import TrainConfig, _Trainer, load_image_model, save_image_model, train_image_model
 
 TINY_UNET = UNetConfig(
     base_channels=8, channel_mult=(1, 2), attention_resolutions=(16,), heads=2, context_dim=16,
@@ -67,6 +67,19 @@ def test_text_encoder_shapes_and_empty_prompt_is_finite():
     assert torch.isfinite(ctx).all()
 
 
+def test_fresh_text_encoder_tells_colour_words_apart():
+    """At initialisation a changed colour word must move its slot of the context by a sizeable share of
+    its norm (a 0.02-std embedding moved it by ~1 %, and training never separated the colours)."""
+    torch.manual_seed(0)
+    tok = Tokenizer.from_words(shapes.VOCAB)
+    text = TextEncoder(TextEncoderConfig(vocab_size=len(tok), dim=128, layers=2, heads=4)).eval()
+    enc = tok.encode(["a large red square", "a large green square"])
+    with torch.no_grad():
+        ctx, _ = text(enc.ids, enc.mask)
+    slot = 3  # <null> a large [colour]
+    assert (ctx[0, slot] - ctx[1, slot]).norm() > 0.5 * ctx[0, slot].norm()
+
+
 def test_unet_output_shape_and_zero_init():
     tok, text, unet = tiny_models()
     out = run(tok, text, unet, ["a red circle", ""])
@@ -96,6 +109,46 @@ def test_padding_does_not_change_the_output():
         c2, m2 = text(ids2, enc.mask)
         x, t = torch.randn(1, 3, 32, 32), torch.tensor([300])
         torch.testing.assert_close(unet(x, t, c1, m1), unet(x, t, c2, m2))
+
+
+def test_scale_shift_gates_the_block_multiplicatively():
+    """With scale-shift conditioning an embedding that sets scale = −1, shift = 0 silences the block's
+    conv path (norm(h)·0), so the block returns its input plus conv2's bias whatever x is; an added
+    bias (the legacy block) cannot do that."""
+    torch.manual_seed(0)
+    block = ResBlock(8, 8, temb=4, groups=4, dropout=0.0, scale_shift=True).eval()
+    assert block.temb.out_features == 16
+    with torch.no_grad():
+        block.temb.weight.zero_()
+        block.temb.bias.copy_(torch.cat([-torch.ones(8), torch.zeros(8)]))
+        x = torch.randn(2, 8, 6, 6)
+        expected = x + block.conv2(torch.zeros(1, 8, 6, 6))
+        torch.testing.assert_close(block(x, torch.randn(2, 4)), expected)
+        legacy = ResBlock(8, 8, temb=4, groups=4, dropout=0.0)
+        assert legacy.temb.out_features == 8
+
+
+def test_config_without_new_keys_loads_the_legacy_net(tmp_path):
+    """A model file written before `pooled_text` / `scale_shift` existed loads as the net it was."""
+    tok, text, unet = tiny_models()
+    legacy = UNet(TINY_UNET.model_copy(update={"pooled_text": False, "scale_shift": False}))
+    weights, config_path = save_image_model(tmp_path, legacy, text, tok, {"kind": "cosine", "num_train_timesteps": 1000})
+    record = json.loads(config_path.read_text())
+    del record["unet"]["pooled_text"], record["unet"]["scale_shift"]
+    config_path.write_text(json.dumps(record))
+    unet2, *_ = load_image_model(weights)
+    assert not unet2.config.scale_shift and not unet2.config.pooled_text
+    assert unet2.text_to_time is None and unet2.mid_res.temb.out_features == legacy.mid_res.temb.out_features
+
+
+def test_training_timesteps_cover_the_range_and_the_noisy_half_share():
+    cfg = TrainConfig(max_steps=10, unet=TINY_UNET, text_layers=1, text_heads=2)
+    t = _Trainer(cfg, 10).sample_t(4000)
+    assert t.min() >= 0 and t.max() <= 999 and abs((t >= 500).float().mean().item() - 0.5) < 0.05
+    cfg = cfg.model_copy(update={"t_high_fraction": 0.5})
+    t = _Trainer(cfg, 10).sample_t(4000)
+    assert t[:2000].min() >= 500 and abs((t >= 500).float().mean().item() - 0.75) < 0.05
+    assert t.min() < 100  # the other half still reaches the clean end
 
 
 def save_tiny(tmp_path):

@@ -146,7 +146,12 @@ class TextEncoder(nn.Module):
         self.position = nn.Parameter(torch.zeros(1, c.max_len + 1, c.dim))
         self.blocks = nn.ModuleList(_Block(c.dim, c.heads, c.mlp_ratio, c.dropout) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.dim)
-        nn.init.normal_(self.token.weight, std=0.02)
+        # Words start as N(0, 1) vectors (nn.Embedding's default), as large as the residual stream, so
+        # "red" and "green" are near-orthogonal from step 0. With GPT-style std 0.02 they start as a
+        # small perturbation of the position vectors; the weak colour gradient never pulled them apart:
+        # after 700 steps the context of "a large red square …" and "… green square …" differed by 1.0
+        # in norm 10.6 at the colour's slot and the U-Net's output did not change with the colour at all.
+        nn.init.normal_(self.token.weight, std=1.0)
         nn.init.normal_(self.null, std=0.02)
         nn.init.normal_(self.position, std=0.02)
 

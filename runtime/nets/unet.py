@@ -43,6 +43,11 @@ class UNetConfig(BaseModel):
     # per-channel shift from the prompt: the global decisions (background, fill colour) that a
     # 32×32 sample makes in its first, noisiest steps no longer depend on cross-attention alone.
     pooled_text: bool = True
+    # ADM's `use_scale_shift_norm` (Dhariwal & Nichol 2021, sec. 3): the time+prompt embedding gives each
+    # residual block a per-channel scale and shift after its second GroupNorm, h·(1 + s) + b, instead of
+    # an added bias. The product lets the prompt gate features by where the shape is, which an added
+    # bias cannot do without help from the following nonlinearity.
+    scale_shift: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> UNetConfig:
@@ -72,11 +77,12 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, temb: int, groups: int, dropout: float):
+    def __init__(self, cin: int, cout: int, temb: int, groups: int, dropout: float, scale_shift: bool = False):
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = nn.GroupNorm(groups, cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.temb = nn.Linear(temb, cout)
+        self.temb = nn.Linear(temb, 2 * cout if scale_shift else cout)
         self.norm2 = nn.GroupNorm(groups, cout)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
@@ -84,8 +90,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb(temb)[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        emb = self.temb(temb)[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = emb.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + emb)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -178,7 +189,7 @@ class UNet(nn.Module):
 
         def stage(cin, cout, res):
             attn = AttentionBlock(cout, c.context_dim, c.heads, g) if res in c.attention_resolutions else None
-            return _Stage(ResBlock(cin, cout, temb, g, c.dropout), attn)
+            return _Stage(ResBlock(cin, cout, temb, g, c.dropout, c.scale_shift), attn)
 
         self.time_mlp = nn.Sequential(
             nn.Linear(c.base_channels, temb), nn.SiLU(), nn.Linear(temb, temb)
@@ -200,8 +211,8 @@ class UNet(nn.Module):
                 skips.append(ch)
                 res //= 2
 
-        self.mid = _Stage(ResBlock(ch, ch, temb, g, c.dropout), AttentionBlock(ch, c.context_dim, c.heads, g))
-        self.mid_res = ResBlock(ch, ch, temb, g, c.dropout)
+        self.mid = _Stage(ResBlock(ch, ch, temb, g, c.dropout, c.scale_shift), AttentionBlock(ch, c.context_dim, c.heads, g))
+        self.mid_res = ResBlock(ch, ch, temb, g, c.dropout, c.scale_shift)
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(c.channel_mult))):
