@@ -95,9 +95,6 @@ class TrainConfig(BaseModel):
     snr_gamma: float | None = 5.0
     snr_weighting: Literal["min_snr", "min_snr_plus_one", "min_snr_floor"] = "min_snr_floor"
     snr_floor: float = Field(0.25, ge=0, le=1)
-    # Share of each batch whose timestep is drawn from the noisier half [T/2, T) instead of [0, T): the
-    # noisy half is where a 32×32 sample takes its prompt-driven decisions (colour, then shape).
-    t_high_fraction: float = Field(0.0, ge=0, le=1)
     schedule: Literal["cosine", "linear", "scaled_linear"] = "cosine"
     prediction: Literal["v_prediction", "epsilon"] = "v_prediction"
     num_train_timesteps: int = 1000
@@ -183,18 +180,9 @@ class _Trainer:
         enc = self.tokenizer.encode(captions)
         return x0, enc.ids, enc.mask
 
-    def sample_t(self, n: int) -> torch.Tensor:
-        """Training timesteps: uniform over [0, T), the first `t_high_fraction` of them over [T/2, T)."""
-        T = self.cfg.num_train_timesteps
-        t = torch.randint(0, T, (n,), generator=self.gen)
-        n_high = round(self.cfg.t_high_fraction * n)
-        if n_high:
-            t[:n_high] = torch.randint(T // 2, T, (n_high,), generator=self.gen)
-        return t
-
     def loss(self, x0, ids, mask) -> torch.Tensor:
         c = self.cfg
-        t = self.sample_t(x0.shape[0])
+        t = torch.randint(0, c.num_train_timesteps, (x0.shape[0],), generator=self.gen)
         noise = torch.randn(x0.shape, generator=self.gen)
         x_t = self.schedule.add_noise(x0, noise, t)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.precision == "bf16"):
