@@ -111,15 +111,15 @@ def main() -> None:
         results["eval_backend"] = backend.name
         results["eval"] = []
         print(f"\n{'config':22s} {'prompts':>7s} {'seeds':>5s} {'adherence':>9s}  shape  colour  bg    size   img/s")
-        for name, sampler, steps, guidance, pset, seeds in EVAL_CONFIGS:
-            if args.only and name not in args.only:
+        for c in EVAL_CONFIGS:
+            if args.only and c.name not in args.only:
                 continue
-            prompts = prompt_grid(with_size=(pset == "size"))
-            r = evaluate_model(model, backend, prompts, seeds=seeds, sampler=sampler, steps=steps,
-                               guidance=guidance, name=name)
-            results["eval"].append({**r.model_dump(), "prompt_set": pset, "backend": backend.name})
+            prompts = prompt_grid(with_size=(c.prompt_set == "size"))
+            r = evaluate_model(model, backend, prompts, seeds=c.seeds, sampler=c.sampler, steps=c.steps,
+                               guidance=c.guidance, guidance_interval=c.guidance_interval, name=c.name)
+            results["eval"].append({**r.model_dump(), "prompt_set": c.prompt_set, "backend": backend.name})
             pa = r.per_attribute
-            print(f"{name:22s} {r.prompts:7d} {r.seeds:5d} {100 * r.accuracy:8.1f}%  "
+            print(f"{c.name:22s} {r.prompts:7d} {r.seeds:5d} {100 * r.accuracy:8.1f}%  "
                   + "  ".join(f"{100 * pa[k]:5.1f}" if k in pa else "   - " for k in ("shape", "colour", "background", "size"))
                   + f"  {r.images_per_s:6.1f}", flush=True)
             if args.json:  # after every config: a long run interrupted keeps what it measured

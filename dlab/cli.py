@@ -82,6 +82,10 @@ def generate_image(
     steps: int = typer.Option(50, help="Denoising steps (1–1000)."),
     guidance: float = typer.Option(3.0, help="Classifier-free guidance scale; 1 = conditional only."),
     guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", help="Guidance rescale φ (0–1)."),
+    guidance_interval: Optional[str] = typer.Option(
+        None, "--guidance-interval", metavar="START:END",
+        help="Guide only on timesteps START ≤ t < END (of 1000), plain conditional elsewhere; e.g. 0:700. Default: every step.",
+    ),
     eta: float = typer.Option(0.0, help="DDIM η: 0 deterministic, 1 DDPM-like."),
     spacing: str = typer.Option("trailing", help="Timestep spacing: trailing, leading or linspace."),
     seed: Optional[int] = typer.Option(None, help="Random seed (default: a fresh one, recorded)."),
@@ -102,7 +106,8 @@ def generate_image(
 
     run_generate_image(
         prompt=prompt, negative=negative, sampler=sampler, steps=steps, guidance=guidance,
-        guidance_rescale=guidance_rescale, eta=eta, spacing=spacing, seed=seed, batch=batch, out=out,
+        guidance_rescale=guidance_rescale, guidance_interval=guidance_interval, eta=eta, spacing=spacing, seed=seed,
+        batch=batch, out=out,
         model=model, device=device, precision=precision, trace=_parse_trace(trace), json_out=json_out,
         backend=backend, force=force,
     )

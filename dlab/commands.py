@@ -107,13 +107,13 @@ def plan_generation(*, batch: Optional[int], device: str, precision: str, backen
 
 def run_generate_image(
     *, prompt: str, negative: str, sampler: str, steps: int, guidance: float, guidance_rescale: float,
-    eta: float, spacing: str, seed: Optional[int], batch: Optional[int], out: Path, model: Optional[Path], device: str,
-    precision: str, trace: int, json_out: bool, backend: str = "auto", force: bool = False,
+    guidance_interval: Optional[str] = None, eta: float, spacing: str, seed: Optional[int], batch: Optional[int],
+    out: Path, model: Optional[Path], device: str, precision: str, trace: int, json_out: bool, backend: str = "auto", force: bool = False,
 ) -> None:
     from pydantic import ValidationError
 
     from dlab.runtime.fallback import generate_with_fallbacks
-    from dlab.runtime.image import ImageModel, ImageRequest
+    from dlab.runtime.image import ImageModel, ImageRequest, parse_interval
     from dlab.runtime.jobs import write_image_result
     from dlab.runtime.outputs import ensure_writable_dir
     from dlab.runtime.samplers import SamplingCancelled
@@ -123,6 +123,7 @@ def run_generate_image(
         request = ImageRequest(
             prompt=prompt, negative_prompt=negative, sampler=sampler, steps=steps, guidance=guidance,
             guidance_rescale=guidance_rescale, eta=eta, spacing=spacing, seed=seed, batch=1 if batch is None else batch,
+            guidance_interval=parse_interval(guidance_interval) if guidance_interval else None,
         ).check()
     except ValidationError as e:
         raise BadInput(f"prompt: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None

@@ -307,6 +307,7 @@ class ModelEval(BaseModel):
     sampler: str
     steps: int
     guidance: float
+    guidance_interval: tuple[int, int] | None = None  # timesteps [start, end) where guidance applies
     prompts: int
     seeds: int
     accuracy: float
@@ -325,6 +326,7 @@ def evaluate_model(
     sampler: str = "ddim",
     steps: int = 50,
     guidance: float = 3.0,
+    guidance_interval: tuple[int, int] | None = None,
     base_seed: int = 0,
     chunk: int = 256,
     name: str | None = None,
@@ -351,7 +353,7 @@ def evaluate_model(
         g = torch.Generator().manual_seed(base_seed * 100_003 + start)
         out, _ = denoise_prompts(
             model, backend, batch, noise[start : start + len(batch)], sampler=sampler, steps=steps,
-            guidance=guidance, generator=g,
+            guidance=guidance, guidance_interval=guidance_interval, generator=g,
         )
         images.append(to_uint8(out.clamp(-1, 1).numpy()))
         if progress is not None:
@@ -363,6 +365,7 @@ def evaluate_model(
         sampler=sampler,
         steps=steps,
         guidance=guidance,
+        guidance_interval=guidance_interval,
         prompts=len(prompts),
         seeds=seeds,
         accuracy=report.accuracy,

@@ -100,6 +100,7 @@ class ImageRequest(BaseModel):
     steps: int = 50
     guidance: float = 3.0
     guidance_rescale: float = 0.0
+    guidance_interval: tuple[int, int] | None = None  # guide only on timesteps [start, end); None: every step
     eta: float = 0.0
     spacing: str = "trailing"
     seed: int = 0
@@ -125,6 +126,10 @@ class ImageRequest(BaseModel):
             raise BadInput(f"--guidance {self.guidance}: must be between 0 and 100")
         if not 0 <= self.guidance_rescale <= 1:
             raise BadInput(f"--guidance-rescale {self.guidance_rescale}: must be between 0 and 1")
+        if self.guidance_interval is not None:
+            lo, hi = self.guidance_interval
+            if not 0 <= lo < hi <= num_train_timesteps:
+                raise BadInput(f"--guidance-interval {lo}:{hi}: need 0 ≤ START < END ≤ {num_train_timesteps}")
         if not 0 <= self.eta <= 1:
             raise BadInput(f"--eta {self.eta}: must be between 0 and 1")
         if not 1 <= self.batch <= MAX_BATCH:
@@ -144,6 +149,16 @@ class ImageResult:
     seconds: float
     trace: np.ndarray | None = None  # (frames, B, H, W, 3) uint8, noise → image
     finite: bool = True  # False when the sampler produced NaN/inf (fp16 overflow): the images are not valid
+
+
+def parse_interval(text: str) -> tuple[int, int]:
+    """"START:END" (timesteps, END exclusive) as a pair; one `BadInput` line when it is not one."""
+    parts = text.replace(" ", "").split(":")
+    try:
+        lo, hi = (int(p) for p in parts)
+    except ValueError:
+        raise BadInput(f"--guidance-interval {text!r}: expected START:END in timesteps, e.g. 0:700") from None
+    return lo, hi
 
 
 def initial_noise(seed: int, batch: int, size: int, channels: int = 3) -> tuple[torch.Tensor, torch.Generator]:
@@ -169,6 +184,7 @@ def denoise_prompts(
     steps: int = 50,
     guidance: float = 3.0,
     guidance_rescale: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
     eta: float = 0.0,
     spacing: str = "trailing",
     generator: torch.Generator | None = None,
@@ -179,7 +195,7 @@ def denoise_prompts(
     words the model's vocabulary did not know."""
     cond, unknown = model.encode(prompts, backend)
     uncond, _ = model.encode([negative_prompt], backend)
-    guided = cfg_model(backend, cond, uncond, guidance, guidance_rescale)
+    guided = cfg_model(backend, cond, uncond, guidance, guidance_rescale, guidance_interval)
     options: dict[str, Any] = dict(spacing=spacing, generator=generator, callback=callback)
     if sampler == "ddim":
         options["eta"] = eta
@@ -220,7 +236,7 @@ def generate_images(
     out, unknown = denoise_prompts(
         model, backend, [req.prompt] * req.batch, x, negative_prompt=req.negative_prompt,
         sampler=req.sampler, steps=req.steps, guidance=req.guidance, guidance_rescale=req.guidance_rescale,
-        eta=req.eta, spacing=req.spacing, generator=generator, callback=on_step,
+        guidance_interval=req.guidance_interval, eta=req.eta, spacing=req.spacing, generator=generator, callback=on_step,
     )
     seconds = time.perf_counter() - t0
     finite = bool(torch.isfinite(out).all())
@@ -233,6 +249,7 @@ def generate_images(
         "steps": req.steps,
         "guidance": req.guidance,
         "guidance_rescale": req.guidance_rescale,
+        "guidance_interval": list(req.guidance_interval) if req.guidance_interval else None,
         "eta": req.eta if req.sampler == "ddim" else None,
         "spacing": req.spacing,
         "seed": req.seed,

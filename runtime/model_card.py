@@ -8,22 +8,39 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from dlab.runtime.outputs import atomic_write_bytes, atomic_write_json
 
-# What `dlab train image --evaluate` and `bench/image_engine.py --eval` measure:
-# name, sampler, steps, guidance, prompt set ("scb": shape×colour×background, "size": size×shape×colour), seeds
-EVAL_CONFIGS: list[tuple[str, str, int, float, str, int]] = [
-    ("ddim50-g3", "ddim", 50, 3.0, "scb", 20),
-    ("ddim50-g3-size", "ddim", 50, 3.0, "size", 20),
-    ("dpmpp20-g3", "dpmpp_2m", 20, 3.0, "scb", 20),
+
+
+class EvalConfig(NamedTuple):
+    """One row of the card: a sampler configuration over a prompt set ("scb": shape×colour×background,
+    "size": size×shape×colour) and a number of seeds per prompt."""
+
+    name: str
+    sampler: str
+    steps: int
+    guidance: float
+    prompt_set: str
+    seeds: int
+    guidance_interval: tuple[int, int] | None = None
+
+
+# What `dlab train image --evaluate` and `bench/image_engine.py --eval` measure.
+EVAL_CONFIGS: list[EvalConfig] = [
+    EvalConfig("ddim50-g3", "ddim", 50, 3.0, "scb", 20),
+    EvalConfig("ddim50-g3-size", "ddim", 50, 3.0, "size", 20),
+    EvalConfig("dpmpp20-g3", "dpmpp_2m", 20, 3.0, "scb", 20),
     # DDPM-1000 costs 20× DDIM-50: it runs on a subset (1 seed × the 54 prompts), and DDIM-50 on the
     # same prompts and initial noise, so the two compare like for like.
-    ("ddim50-g3-subset", "ddim", 50, 3.0, "scb", 1),
-    ("ddpm1000-g3-subset", "ddpm", 1000, 3.0, "scb", 1),
-    ("ddim50-g1", "ddim", 50, 1.0, "scb", 20),
-    ("dpmpp20-g3-size", "dpmpp_2m", 20, 3.0, "size", 20),
+    EvalConfig("ddim50-g3-subset", "ddim", 50, 3.0, "scb", 1),
+    EvalConfig("ddpm1000-g3-subset", "ddpm", 1000, 3.0, "scb", 1),
+    EvalConfig("ddim50-g1", "ddim", 50, 1.0, "scb", 20),
+    EvalConfig("dpmpp20-g3-size", "dpmpp_2m", 20, 3.0, "size", 20),
+    # Guidance only on t < 700 (Kynkäänniemi et al. 2024; `cfg_model`): full guidance overshoots "large".
+    EvalConfig("ddim50-g3-t700-size", "ddim", 50, 3.0, "size", 20, (0, 700)),
+    EvalConfig("ddim50-g3-t700", "ddim", 50, 3.0, "scb", 20, (0, 700)),
 ]
 
 DATA_SPEC = """\
@@ -49,13 +66,14 @@ def run_card_evaluation(weights: Path, log: Callable[[str], Any] = print, only: 
     model = ImageModel.load(weights)
     backend = make_backend(model, backend_kind, "cpu", "fp32")
     results = []
-    for name, sampler, steps, guidance, pset, seeds in EVAL_CONFIGS:
-        if only and name not in only:
+    for c in EVAL_CONFIGS:
+        if only and c.name not in only:
             continue
-        r = evaluate_model(model, backend, prompt_grid(with_size=pset == "size"), seeds=seeds, sampler=sampler,
-                           steps=steps, guidance=guidance, name=name)
-        log(f"{name}: {100 * r.accuracy:.1f}% ({r.images_per_s:.1f} img/s)")
-        results.append({**r.model_dump(), "prompt_set": pset, "backend": backend.name})
+        r = evaluate_model(model, backend, prompt_grid(with_size=c.prompt_set == "size"), seeds=c.seeds,
+                           sampler=c.sampler, steps=c.steps, guidance=c.guidance,
+                           guidance_interval=c.guidance_interval, name=c.name)
+        log(f"{c.name}: {100 * r.accuracy:.1f}% ({r.images_per_s:.1f} img/s)")
+        results.append({**r.model_dump(), "prompt_set": c.prompt_set, "backend": backend.name})
     return results
 
 
@@ -65,7 +83,7 @@ def record_evaluation(weights: Path, evaluation: list[dict]) -> None:
     config = json.loads(cfg_path.read_text())
     merged = {e["name"]: e for e in config.get("evaluation", [])}
     merged.update({e["name"]: e for e in evaluation})
-    config["evaluation"] = [merged[n] for n, *_ in EVAL_CONFIGS if n in merged]
+    config["evaluation"] = [merged[c.name] for c in EVAL_CONFIGS if c.name in merged]
     atomic_write_json(cfg_path, config)
 
 
@@ -124,11 +142,16 @@ def render_card(config: dict) -> str:
             pa = e.get("per_attribute", {})
             cell = lambda k: f"{100 * pa[k]:.1f}%" if k in pa else "–"  # noqa: E731
             lines.append(
-                f"| {e['name']} | {e['sampler']} | {e['steps']} | {e['guidance']:g} | {e['prompts']} × {e['seeds']} | "
+                f"| {e['name']} | {e['sampler']} | {e['steps']} | {_guidance_cell(e)} | {e['prompts']} × {e['seeds']} | "
                 f"**{100 * e['accuracy']:.1f}%** | {cell('shape')} | {cell('colour')} | {cell('background')} | {cell('size')} | "
                 f"{e['images_per_s']:.1f} | {e.get('backend', 'eager')} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _guidance_cell(e: dict) -> str:
+    interval = e.get("guidance_interval")
+    return f"{e['guidance']:g}" + (f" on {interval[0]} ≤ t < {interval[1]}" if interval else "")
 
 
 def parameter_counts(weights: Path) -> dict[str, int]:

@@ -29,6 +29,8 @@ def one_line_exit_2(r, needle):
     (["--steps", "0"], "--steps"), (["--steps", "1001"], "--steps"), (["--guidance", "-1"], "--guidance"),
     (["--batch", "0"], "--batch"), (["--batch", "100000"], "--batch"), (["--sampler", "euler"], "--sampler"),
     (["--trace", "1"], "--trace"), (["--precision", "fp8"], "precision"),
+    (["--guidance-interval", "late"], "--guidance-interval"), (["--guidance-interval", "700:100"], "--guidance-interval"),
+    (["--guidance-interval", "0:1001"], "--guidance-interval"),
 ])
 def test_bad_options_one_line_exit_2(tmp_path, args, needle):
     one_line_exit_2(dlab("generate", "image", "a red circle", "--out", str(tmp_path), *args), needle)
@@ -56,13 +58,14 @@ def test_corrupt_or_missing_weights(tmp_path, tiny_model_path):
 
 def test_generate_with_a_model_from_disk(tmp_path, tiny_model_path):
     r = dlab("generate", "image", "a red hexagon", "--model", str(tiny_model_path), "--steps", "3", "--batch", "2",
-             "--seed", "5", "--trace", "3", "--out", str(tmp_path), "--json")
+             "--seed", "5", "--trace", "3", "--guidance-interval", "0:700", "--out", str(tmp_path), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["images"]) == 2 and out["grid"] and out["trace"]
     assert "hexagon" in r.stderr and out["unknown_words"] == ["hexagon"]
     params = read_png_params(out["images"][0])
     assert params["seed"] == 5 and params["sampler"] == "ddim" and params["steps"] == 3
+    assert params["guidance_interval"] == [0, 700]
     assert params["model_hash"] == out["params"]["model_hash"] and len(params["model_hash"]) == 64
 
 

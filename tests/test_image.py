@@ -44,23 +44,46 @@ def test_ddim_eta1_is_stochastic_but_seeded(model):
     assert not np.array_equal(a.images, gen(model, eta=0.0, seed=5).images)
 
 
-def test_guidance_runs_both_branches_in_one_call_per_step(model):
+def spy_backend(model, calls: list):
+    """An eager backend that appends (batch, first timestep) to `calls` on every forward."""
     backend = EagerBackend(model.unet)
-    calls = []
-    real = backend.__call__
 
     class Spy:
         name, device, precision = backend.name, backend.device, backend.precision
 
         def __call__(self, x, t, ctx):
-            calls.append(x.shape[0])
-            return real(x, t, ctx)
+            calls.append((x.shape[0], int(t[0])))
+            return backend(x, t, ctx)
 
-    gen(model, Spy(), guidance=3.0, steps=5, batch=3)
-    assert calls == [6] * 5  # [uncond, cond] × 3 images, once per step
+    return Spy()
+
+
+def test_guidance_runs_both_branches_in_one_call_per_step(model):
+    calls = []
+    gen(model, spy_backend(model, calls), guidance=3.0, steps=5, batch=3)
+    assert [b for b, _ in calls] == [6] * 5  # [uncond, cond] × 3 images, once per step
     calls.clear()
-    gen(model, Spy(), guidance=1.0, steps=5, batch=3)
-    assert calls == [3] * 5  # s = 1: the conditional branch only
+    gen(model, spy_backend(model, calls), guidance=1.0, steps=5, batch=3)
+    assert [b for b, _ in calls] == [3] * 5  # s = 1: the conditional branch only
+
+
+def test_guidance_interval_is_recorded_and_skips_the_unconditional_branch(model):
+    calls = []
+    r = gen(model, spy_backend(model, calls), guidance=3.0, steps=4, batch=2, seed=2, guidance_interval=(0, 600))
+    # trailing spacing, 4 steps: t = 999, 749, 499, 249; guided (batch 4) only below 600
+    assert calls == [(2, 999), (2, 749), (4, 499), (4, 249)]
+    assert r.params["guidance_interval"] == [0, 600]
+    full = gen(model, guidance=3.0, steps=4, batch=2, seed=2)
+    assert full.params["guidance_interval"] is None
+    assert not np.array_equal(r.images, full.images)
+    everywhere = gen(model, guidance=3.0, steps=4, batch=2, seed=2, guidance_interval=(0, 1000))
+    assert np.array_equal(everywhere.images, full.images)
+
+
+@pytest.mark.parametrize("interval", [(600, 600), (0, 1001), (-5, 100)])
+def test_bad_guidance_interval(model, interval):
+    with pytest.raises(BadInput, match="--guidance-interval"):
+        gen(model, guidance_interval=interval)
 
 
 def test_negative_prompt_changes_the_image(model):

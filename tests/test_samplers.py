@@ -434,6 +434,55 @@ def test_cfg_inside_a_sampler_calls_the_backend_once_per_step():
     assert not torch.allclose(guided, plain)
 
 
+def test_cfg_interval_guides_inside_and_is_conditional_outside():
+    cond, uncond = contexts()
+    x = start()
+    backend = CountingBackend()
+    model = cfg_model(backend, cond, uncond, scale=4.0, interval=(100, 700))
+    out_uncond = lambda t: CountingBackend()(x, t, uncond)  # noqa: E731
+    out_cond = lambda t: CountingBackend()(x, t, cond)  # noqa: E731
+    for step in (100, 500, 699):  # inside [100, 700): both branches, one batched call
+        t = torch.tensor([step, step])
+        torch.testing.assert_close(model(x, t), out_uncond(t) + 4.0 * (out_cond(t) - out_uncond(t)))
+    assert [c[0] for c in backend.calls] == [4, 4, 4]
+    backend.calls.clear()
+    for step in (99, 700, 999):  # outside: the conditional branch alone, on the batch once
+        t = torch.tensor([step, step])
+        torch.testing.assert_close(model(x, t), out_cond(t), rtol=0, atol=0)
+    assert [c[0] for c in backend.calls] == [2, 2, 2]
+
+
+def test_cfg_interval_per_sample_timesteps():
+    cond, uncond = contexts()
+    x, t = start(), torch.tensor([50, 300])  # one sample outside, one inside
+    out = cfg_model(CountingBackend(), cond, uncond, scale=3.0, interval=(100, 1000))(x, t)
+    guided = cfg_model(CountingBackend(), cond, uncond, scale=3.0)(x, t)
+    plain = CountingBackend()(x, t, cond)
+    torch.testing.assert_close(out[0], plain[0])
+    torch.testing.assert_close(out[1], guided[1])
+
+
+def test_cfg_interval_in_a_sampler_skips_the_unconditional_branch_on_noisy_steps():
+    cond, uncond = contexts()
+    backend = CountingBackend()
+    schedule = make_schedule()
+    # 10 DDIM steps, leading spacing: t = 900, 800, …, 0; guidance only below 500.
+    out = sample_ddim(cfg_model(backend, cond, uncond, scale=4.0, interval=(0, 500)), start(), schedule, 10)
+    assert [c[0] for c in backend.calls] == [2] * 5 + [4] * 5
+    assert [int(c[1][0]) for c in backend.calls] == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    full = sample_ddim(cfg_model(CountingBackend(), cond, uncond, scale=4.0), start(), schedule, 10)
+    whole = sample_ddim(cfg_model(CountingBackend(), cond, uncond, scale=4.0, interval=(0, 1000)), start(), schedule, 10)
+    torch.testing.assert_close(whole, full, rtol=0, atol=0)
+    assert not torch.allclose(out, full)
+
+
+@pytest.mark.parametrize("interval", [(500, 500), (700, 100), (-1, 10)])
+def test_cfg_interval_must_be_a_range(interval):
+    cond, uncond = contexts()
+    with pytest.raises(BadInput, match="guidance interval"):
+        cfg_model(CountingBackend(), cond, uncond, scale=3.0, interval=interval)
+
+
 # Bad input.
 
 
