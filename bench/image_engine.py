@@ -22,10 +22,8 @@ import torch
 
 from dlab.runtime.backends import EagerBackend
 from dlab.runtime.bench import median_time as _median_time
-from dlab.runtime.evaluate import evaluate_model
 from dlab.runtime.image import ImageModel, denoise_prompts, initial_noise
-from dlab.runtime.model_card import EVAL_CONFIGS, record_evaluation, write_card
-from dlab.runtime.shapes import prompt_grid
+from dlab.runtime.model_card import EVAL_CONFIGS, evaluate_config, record_evaluation, write_card
 
 
 def median_time(fn, repeat: int) -> float:
@@ -114,14 +112,12 @@ def main() -> None:
         for c in EVAL_CONFIGS:
             if args.only and c.name not in args.only:
                 continue
-            prompts = prompt_grid(with_size=(c.prompt_set == "size"))
-            r = evaluate_model(model, backend, prompts, seeds=c.seeds, sampler=c.sampler, steps=c.steps,
-                               guidance=c.guidance, guidance_interval=c.guidance_interval, name=c.name)
-            results["eval"].append({**r.model_dump(), "prompt_set": c.prompt_set, "backend": backend.name})
-            pa = r.per_attribute
-            print(f"{c.name:22s} {r.prompts:7d} {r.seeds:5d} {100 * r.accuracy:8.1f}%  "
+            r = evaluate_config(model, backend, c)
+            results["eval"].append(r)
+            pa = r["per_attribute"]
+            print(f"{c.name:22s} {r['prompts']:7d} {r['seeds']:5d} {100 * r['accuracy']:8.1f}%  "
                   + "  ".join(f"{100 * pa[k]:5.1f}" if k in pa else "   - " for k in ("shape", "colour", "background", "size"))
-                  + f"  {r.images_per_s:6.1f}", flush=True)
+                  + f"  {r['images_per_s']:6.1f}", flush=True)
             if args.json:  # after every config: a long run interrupted keeps what it measured
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -54,14 +54,23 @@ background", "yellow triangle on black background", "a large circle"); the capti
 (empty prompt) 10 % of the time so one model learns both branches of classifier-free guidance."""
 
 
+def evaluate_config(model, backend, c: EvalConfig) -> dict:
+    """Score one card row: `evaluate_model` over the row's prompt set, as the dict the card stores."""
+    from dlab.runtime.evaluate import evaluate_model
+    from dlab.runtime.shapes import prompt_grid
+
+    r = evaluate_model(model, backend, prompt_grid(with_size=c.prompt_set == "size"), seeds=c.seeds,
+                       sampler=c.sampler, steps=c.steps, guidance=c.guidance,
+                       guidance_interval=c.guidance_interval, name=c.name)
+    return {**r.model_dump(), "prompt_set": c.prompt_set, "backend": backend.name}
+
+
 def run_card_evaluation(weights: Path, log: Callable[[str], Any] = print, only: list[str] | None = None,
                         backend_kind: str = "eager") -> list[dict]:
     """Run `EVAL_CONFIGS` on the CPU. `backend_kind="onnx"` runs the same sampler loop through ONNX
     Runtime (about 3× faster here; its images match eager's within 1e-3, see tests/test_onnx_backend.py)."""
-    from dlab.runtime.evaluate import evaluate_model
     from dlab.runtime.image import ImageModel
     from dlab.runtime.onnx_backend import make_backend
-    from dlab.runtime.shapes import prompt_grid
 
     model = ImageModel.load(weights)
     backend = make_backend(model, backend_kind, "cpu", "fp32")
@@ -69,11 +78,8 @@ def run_card_evaluation(weights: Path, log: Callable[[str], Any] = print, only: 
     for c in EVAL_CONFIGS:
         if only and c.name not in only:
             continue
-        r = evaluate_model(model, backend, prompt_grid(with_size=c.prompt_set == "size"), seeds=c.seeds,
-                           sampler=c.sampler, steps=c.steps, guidance=c.guidance,
-                           guidance_interval=c.guidance_interval, name=c.name)
-        log(f"{c.name}: {100 * r.accuracy:.1f}% ({r.images_per_s:.1f} img/s)")
-        results.append({**r.model_dump(), "prompt_set": c.prompt_set, "backend": backend.name})
+        results.append(evaluate_config(model, backend, c))
+        log(f"{c.name}: {100 * results[-1]['accuracy']:.1f}% ({results[-1]['images_per_s']:.1f} img/s)")
     return results
 
 
