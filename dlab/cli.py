@@ -140,12 +140,16 @@ def train_image(
     snr_gamma: Optional[float] = typer.Option(
         None, "--snr-gamma", help="min-SNR-γ loss weighting (default 5; 0 = plain MSE on the prediction target)."
     ),
+    aux_layout_weight: Optional[float] = typer.Option(
+        None, "--aux-layout-weight",
+        help="Weight of the auxiliary size-and-centre loss on the U-Net bottleneck (default 0.02; 0 = off).",
+    ),
 ) -> None:
     """Train the built-in text-to-image model "shapes" from scratch on data dlab generates."""
     from dlab.commands import run_train_image
 
     run_train_image(minutes=minutes, steps=steps, seed=seed, batch=batch, out=out, precision=precision, evaluate=evaluate,
-                    snr_gamma=snr_gamma)
+                    snr_gamma=snr_gamma, aux_layout_weight=aux_layout_weight)
 
 
 @app.command()

@@ -250,7 +250,7 @@ def _builtin_schedule_kind() -> str:
 
 
 def run_train_image(*, minutes, steps, seed: int, batch: int, out: Path, precision: str, evaluate: bool,
-                    snr_gamma: Optional[float] = None) -> None:
+                    snr_gamma: Optional[float] = None, aux_layout_weight: Optional[float] = None) -> None:
     import torch
 
     from dlab.runtime.outputs import ensure_writable_dir
@@ -269,8 +269,12 @@ def run_train_image(*, minutes, steps, seed: int, batch: int, out: Path, precisi
         raise BadInput(f"--precision {precision!r}: choose fp32 or bf16")
     if snr_gamma is not None and not snr_gamma >= 0:
         raise BadInput(f"--snr-gamma {snr_gamma}: must be positive (or 0 for plain MSE)")
+    if aux_layout_weight is not None and not 0 <= aux_layout_weight <= 100:
+        raise BadInput(f"--aux-layout-weight {aux_layout_weight}: must be between 0 and 100 (0 = off)")
     out = ensure_writable_dir(out)
     weighting = {} if snr_gamma is None else {"snr_gamma": snr_gamma or None}
+    if aux_layout_weight is not None:
+        weighting["aux_layout_weight"] = aux_layout_weight
     cfg = TrainConfig(seed=seed, batch_size=batch, max_steps=steps, precision=precision, **weighting)
     if steps is None:
         err.print(f"timing a few steps to fit {minutes:g} minutes…")

@@ -122,13 +122,17 @@ def render_card(config: dict) -> str:
             "min_snr_plus_one": f"min(SNR + 1, γ + 1) weighting, γ = {t.get('snr_gamma', 0):g}",
             "min_snr_floor": f"min-SNR γ = {t.get('snr_gamma', 0):g} with a floor of {t.get('snr_floor', 0):g} on the target's weight",
             }[t.get("snr_weighting", "min_snr")] if t.get("snr_gamma") else "plain MSE on the target")
-        + f", p_uncond {t.get('p_uncond')}",
+        + f", p_uncond {t.get('p_uncond')}"
+        + (f", auxiliary layout loss (size and centre from the bottleneck) λ = {t['aux_layout_weight']:g}"
+           if t.get("aux_layout_weight") else ""),
         f"- wall time {float(config.get('wall_s', 0)) / 60:.1f} min ({float(config.get('s_per_step', 0)):.3f} s/step, "
         f"{config.get('torch_threads')} threads, torch {config.get('torch_version')})",
         f"- final loss (mean of the last 50 steps): {float(config.get('final_loss', float('nan'))):.4f}",
-        "- reproduce: `dlab train image --steps {steps} --seed {seed} --batch {batch} --precision {prec}{gamma}`".format(
+        "- reproduce: `dlab train image --steps {steps} --seed {seed} --batch {batch} --precision {prec}{gamma}{aux}`".format(
             steps=config.get("steps"), seed=config.get("seed"), batch=t.get("batch_size"), prec=t.get("precision"),
-            gamma=f" --snr-gamma {t['snr_gamma']:g}" if t.get("snr_gamma") else " --snr-gamma 0"),
+            gamma=f" --snr-gamma {t['snr_gamma']:g}" if t.get("snr_gamma") else " --snr-gamma 0",
+            # A model trained before the layout loss existed had none: say 0, as the default is now on.
+            aux=f" --aux-layout-weight {t.get('aux_layout_weight', 0):g}"),
         "",
         "## Evaluation",
     ]

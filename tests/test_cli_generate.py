@@ -107,13 +107,16 @@ def test_noise_bad_input(tmp_path, content, at, needle):
 
 
 def test_train_a_few_steps_writes_a_loadable_model(tmp_path):
-    r = dlab("train", "image", "--steps", "3", "--batch", "4", "--out", str(tmp_path), "--no-evaluate")
+    r = dlab("train", "image", "--steps", "3", "--batch", "4", "--out", str(tmp_path), "--no-evaluate",
+             "--aux-layout-weight", "0.05")
     assert r.returncode == 0, r.stderr
     for name in ("shapes.safetensors", "shapes.json", "shapes.md"):
         assert (tmp_path / name).exists()
     cfg = json.loads((tmp_path / "shapes.json").read_text())
-    assert cfg["steps"] == 3 and cfg["seed"] == 0
-    assert "## Training" in (tmp_path / "shapes.md").read_text()
+    assert cfg["steps"] == 3 and cfg["seed"] == 0 and cfg["training"]["aux_layout_weight"] == 0.05
+    card = (tmp_path / "shapes.md").read_text()
+    assert "## Training" in card and "layout loss" in card
+    assert "--steps 3 --seed 0 --batch 4 --precision fp32 --snr-gamma 5 --aux-layout-weight 0.05`" in card
     g = dlab("generate", "image", "a circle", "--model", str(tmp_path / "shapes.safetensors"), "--steps", "2",
              "--out", str(tmp_path / "out"))
     assert g.returncode == 0, g.stderr
@@ -122,6 +125,7 @@ def test_train_a_few_steps_writes_a_loadable_model(tmp_path):
 def test_train_bad_input():
     one_line_exit_2(dlab("train", "image"), "--minutes")
     one_line_exit_2(dlab("train", "image", "--steps", "0"), "--steps")
+    one_line_exit_2(dlab("train", "image", "--steps", "3", "--aux-layout-weight", "-1"), "--aux-layout-weight")
 
 
 # ------------------------------------------------------------------------------------ the plan decides

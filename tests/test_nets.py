@@ -12,7 +12,14 @@ from dlab.errors import BadFile
 from dlab.runtime import shapes
 from dlab.runtime.nets.text import PAD, UNK, TextEncoder, TextEncoderConfig, Tokenizer
 from dlab.runtime.nets.unet import ResBlock, UNet, UNetConfig
-from dlab.runtime.train import TrainConfig, load_image_model, save_image_model, train_image_model
+from dlab.runtime.train import (
+    TrainConfig,
+    _Trainer,
+    layout_targets,
+    load_image_model,
+    save_image_model,
+    train_image_model,
+)
 
 TINY_UNET = UNetConfig(
     base_channels=8, channel_mult=(1, 2), attention_resolutions=(16,), heads=2, context_dim=16,
@@ -204,3 +211,39 @@ def test_training_is_reproducible(tmp_path):
     record = json.loads(results[0].config.read_text())
     assert record["steps"] == 3 and record["seed"] == 3 and record["weights"] == "ema"
     load_image_model(results[0].weights)  # what training writes, loading accepts
+
+
+def test_layout_targets_are_scaled_size_and_centre():
+    spec = shapes.ShapeSpec("circle", "red", "black", 0.615, 21.0, 11.0, (220, 40, 40), (15, 15, 15))
+    centred = shapes.ShapeSpec("square", "red", "black", 0.5, 16.0, 16.0, (220, 40, 40), (15, 15, 15))
+    got = layout_targets([spec, centred])
+    assert torch.allclose(got, torch.tensor([[1.0, 1.0, -1.0], [0.0, 0.0, 0.0]]), atol=1e-6)
+
+
+def test_aux_layout_loss_reaches_the_encoder_only_and_is_not_saved(tmp_path):
+    """The layout head reads the bottleneck: its loss adds gradient to the encoder half and nothing to the
+    decoder's output conv; the head is thrown away, so the saved file has the same tensors as without it."""
+    base = dict(seed=5, batch_size=4, max_steps=2, warmup_steps=1, unet=TINY_UNET, text_layers=1, text_heads=2)
+    plain, aux = _Trainer(TrainConfig(**base), 2), _Trainer(TrainConfig(**base, aux_layout_weight=0.5), 2)
+    batch = plain.batch()
+    assert torch.equal(batch[0], aux.batch()[0])
+    torch.nn.init.normal_(plain.unet.conv_out.weight, std=0.1)  # so the decoder's gradient is not 0
+    with torch.no_grad():
+        aux.unet.conv_out.weight.copy_(plain.unet.conv_out.weight)
+    losses = []
+    for trainer in (plain, aux):
+        loss = trainer.loss(*batch)
+        loss.backward()
+        losses.append(float(loss.detach()))
+    assert losses[1] > losses[0]  # the same denoising loss plus λ · a mean square
+    assert torch.equal(plain.unet.conv_out.weight.grad, aux.unet.conv_out.weight.grad)
+    first = aux.unet.conv_in.weight.grad
+    assert not torch.allclose(plain.unet.conv_in.weight.grad, first)
+    assert all(p.grad is not None for p in aux.aux_head.parameters())
+
+    saved = [
+        load_file(str(train_image_model(TrainConfig(**base, aux_layout_weight=w), tmp_path / str(w)).weights))
+        for w in (0.0, 0.5)
+    ]
+    assert saved[0].keys() == saved[1].keys()
+    assert any(not torch.equal(saved[0][k], saved[1][k]) for k in saved[0] if k.startswith("unet.down"))
