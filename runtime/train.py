@@ -185,8 +185,8 @@ class _Trainer:
                 torch.nn.Flatten(), torch.nn.Linear(mid_ch * mid_res**2, 256), torch.nn.SiLU(), torch.nn.Linear(256, 3)
             )
             modules.append(self.aux_head)
-            self._mid: list[torch.Tensor] = []
-            self.unet.mid_res.register_forward_hook(lambda _m, _i, out: self._mid.append(out))
+            self._mid: torch.Tensor | None = None  # the bottleneck of the latest forward
+            self.unet.mid_res.register_forward_hook(lambda _m, _i, out: setattr(self, "_mid", out))
         self.params = [p for m in modules for p in m.parameters()]
         self.ema = [p.detach().clone() for p in self.params]
         decay, no_decay = [], []
@@ -226,8 +226,8 @@ class _Trainer:
             out = self.unet(x_t, t, context, context_mask)
         aux = 0.0
         if self.aux_head is not None:
-            aux = c.aux_layout_weight * (self.aux_head(self._mid.pop().float()) - layout).pow(2).mean()
-            self._mid.clear()
+            aux = c.aux_layout_weight * (self.aux_head(self._mid.float()) - layout).pow(2).mean()
+            self._mid = None
         target = noise if c.prediction == "epsilon" else self.schedule.velocity(x0, noise, t)
         per_sample = (out.float() - target).pow(2).mean(dim=(1, 2, 3))
         if c.snr_gamma is None:
