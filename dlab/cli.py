@@ -84,7 +84,7 @@ def generate_image(
     guidance_rescale: float = typer.Option(0.0, "--guidance-rescale", help="Guidance rescale φ (0–1)."),
     guidance_interval: Optional[str] = typer.Option(
         None, "--guidance-interval", metavar="START:END",
-        help="Guide only on timesteps START ≤ t < END (of 1000), plain conditional elsewhere; e.g. 0:700. Default: every step.",
+        help="Guide only on timesteps START ≤ t < END (of 1000), plain conditional elsewhere, e.g. 0:700; `all` guides every step. Default: the model's recommendation (shapes: 0:700), else every step.",
     ),
     eta: float = typer.Option(0.0, help="DDIM η: 0 deterministic, 1 DDPM-like."),
     spacing: str = typer.Option("trailing", help="Timestep spacing: trailing, leading or linspace."),

@@ -134,6 +134,9 @@ def run_generate_image(
     if batch is None:
         request = request.model_copy(update={"batch": plan.batch})
     image_model = ImageModel.load(model)
+    if guidance_interval is None and image_model.default_guidance_interval is not None:
+        # The model's recommended interval; `--guidance-interval all` guides on every step instead.
+        request = request.model_copy(update={"guidance_interval": image_model.default_guidance_interval})
 
     def make(precision_: str):
         from dlab.runtime.onnx_backend import make_backend

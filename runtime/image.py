@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from dlab.errors import BadInput
+from dlab.errors import BadFile, BadInput
 from dlab.runtime.backends import Backend
 from dlab.runtime.guidance import cfg_model
 from dlab.runtime.outputs import to_uint8
@@ -67,6 +67,21 @@ class ImageModel:
     @property
     def short_hash(self) -> str:
         return self.sha256[:12]
+
+    @property
+    def default_guidance_interval(self) -> tuple[int, int] | None:
+        """The guidance interval the model's trainer recommends (its JSON's ``sampling.guidance_interval``),
+        used when a request names none; None (every step) for a checkpoint that recommends nothing."""
+        interval = self.config.get("sampling", {}).get("guidance_interval")
+        if interval is None:
+            return None
+        try:
+            lo, hi = (int(v) for v in interval)
+        except (TypeError, ValueError):
+            raise BadFile(f"{self.path.with_suffix('.json')}: sampling.guidance_interval {interval!r} is not [start, end]") from None
+        if not 0 <= lo < hi <= self.schedule.num_train_timesteps:
+            raise BadFile(f"{self.path.with_suffix('.json')}: sampling.guidance_interval {lo}:{hi} is out of range")
+        return lo, hi
 
     @classmethod
     def load(cls, path: Path | None = None) -> ImageModel:
@@ -151,13 +166,19 @@ class ImageResult:
     finite: bool = True  # False when the sampler produced NaN/inf (fp16 overflow): the images are not valid
 
 
-def parse_interval(text: str) -> tuple[int, int]:
-    """"START:END" (timesteps, END exclusive) as a pair; one `BadInput` line when it is not one."""
+EVERY_STEP = "all"  # --guidance-interval value: guide on every step, whatever the model recommends
+
+
+def parse_interval(text: str) -> tuple[int, int] | None:
+    """"START:END" (timesteps, END exclusive) as a pair, or None for "all" (every step); one `BadInput`
+    line when it is neither."""
+    if text.strip().lower() == EVERY_STEP:
+        return None
     parts = text.replace(" ", "").split(":")
     try:
         lo, hi = (int(p) for p in parts)
     except ValueError:
-        raise BadInput(f"--guidance-interval {text!r}: expected START:END in timesteps, e.g. 0:700") from None
+        raise BadInput(f"--guidance-interval {text!r}: expected START:END in timesteps (e.g. 0:700) or all") from None
     return lo, hi
 
 

@@ -16,7 +16,9 @@ from dlab.runtime.outputs import atomic_write_bytes, atomic_write_json
 
 class EvalConfig(NamedTuple):
     """One row of the card: a sampler configuration over a prompt set ("scb": shape×colour×background,
-    "size": size×shape×colour) and a number of seeds per prompt."""
+    "size": size×shape×colour) and a number of seeds per prompt. ``guidance_interval`` is a pair of
+    timesteps, None (guidance on every step) or ``MODEL_DEFAULT``: the model's recommendation, which is
+    what `dlab generate` uses when not told otherwise."""
 
     name: str
     sampler: str
@@ -24,23 +26,26 @@ class EvalConfig(NamedTuple):
     guidance: float
     prompt_set: str
     seeds: int
-    guidance_interval: tuple[int, int] | None = None
+    guidance_interval: tuple[int, int] | None | str = None
 
 
-# What `dlab train image --evaluate` and `bench/image_engine.py --eval` measure.
+MODEL_DEFAULT = "model"
+
+# What `dlab train image --evaluate` and `bench/image_engine.py --eval` measure: the rows as a user gets
+# them (the model's recommended guidance interval), and plain guidance on every step beside them.
 EVAL_CONFIGS: list[EvalConfig] = [
-    EvalConfig("ddim50-g3", "ddim", 50, 3.0, "scb", 20),
-    EvalConfig("ddim50-g3-size", "ddim", 50, 3.0, "size", 20),
-    EvalConfig("dpmpp20-g3", "dpmpp_2m", 20, 3.0, "scb", 20),
+    EvalConfig("ddim50-g3", "ddim", 50, 3.0, "scb", 20, MODEL_DEFAULT),
+    EvalConfig("ddim50-g3-size", "ddim", 50, 3.0, "size", 20, MODEL_DEFAULT),
+    EvalConfig("dpmpp20-g3", "dpmpp_2m", 20, 3.0, "scb", 20, MODEL_DEFAULT),
     # DDPM-1000 costs 20× DDIM-50: it runs on a subset (1 seed × the 54 prompts), and DDIM-50 on the
     # same prompts and initial noise, so the two compare like for like.
-    EvalConfig("ddim50-g3-subset", "ddim", 50, 3.0, "scb", 1),
-    EvalConfig("ddpm1000-g3-subset", "ddpm", 1000, 3.0, "scb", 1),
+    EvalConfig("ddim50-g3-subset", "ddim", 50, 3.0, "scb", 1, MODEL_DEFAULT),
+    EvalConfig("ddpm1000-g3-subset", "ddpm", 1000, 3.0, "scb", 1, MODEL_DEFAULT),
     EvalConfig("ddim50-g1", "ddim", 50, 1.0, "scb", 20),
-    EvalConfig("dpmpp20-g3-size", "dpmpp_2m", 20, 3.0, "size", 20),
-    # Guidance only on t < 700 (Kynkäänniemi et al. 2024; `cfg_model`): full guidance overshoots "large".
-    EvalConfig("ddim50-g3-t700-size", "ddim", 50, 3.0, "size", 20, (0, 700)),
-    EvalConfig("ddim50-g3-t700", "ddim", 50, 3.0, "scb", 20, (0, 700)),
+    EvalConfig("dpmpp20-g3-size", "dpmpp_2m", 20, 3.0, "size", 20, MODEL_DEFAULT),
+    # Guidance on every step (`--guidance-interval all`): on the noisiest steps it overshoots "large".
+    EvalConfig("ddim50-g3-every-size", "ddim", 50, 3.0, "size", 20, None),
+    EvalConfig("ddim50-g3-every", "ddim", 50, 3.0, "scb", 20, None),
 ]
 
 DATA_SPEC = """\
@@ -59,9 +64,10 @@ def evaluate_config(model, backend, c: EvalConfig) -> dict:
     from dlab.runtime.evaluate import evaluate_model
     from dlab.runtime.shapes import prompt_grid
 
+    interval = model.default_guidance_interval if c.guidance_interval == MODEL_DEFAULT else c.guidance_interval
     r = evaluate_model(model, backend, prompt_grid(with_size=c.prompt_set == "size"), seeds=c.seeds,
                        sampler=c.sampler, steps=c.steps, guidance=c.guidance,
-                       guidance_interval=c.guidance_interval, name=c.name)
+                       guidance_interval=interval, name=c.name)
     return {**r.model_dump(), "prompt_set": c.prompt_set, "backend": backend.name}
 
 
@@ -134,6 +140,7 @@ def render_card(config: dict) -> str:
             # A model trained before the layout loss existed had none: say 0, as the default is now on.
             aux=f" --aux-layout-weight {t.get('aux_layout_weight', 0):g}"),
         "",
+        *_sampling_lines(config),
         "## Evaluation",
     ]
     evals = config.get("evaluation", [])
@@ -157,6 +164,20 @@ def render_card(config: dict) -> str:
                 f"{e['images_per_s']:.1f} | {e.get('backend', 'eager')} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _sampling_lines(config: dict) -> list[str]:
+    interval = config.get("sampling", {}).get("guidance_interval")
+    if not interval:
+        return []
+    return [
+        "## Sampling",
+        f"`dlab generate image` guides this model only on timesteps {interval[0]} ≤ t < {interval[1]} unless told "
+        "otherwise (`--guidance-interval START:END`, or `all` for every step): on the noisiest steps, where the "
+        "layout is decided, full guidance pushes a \"large\" shape past its band. Rows marked \"on … ≤ t < …\" "
+        "below use it; rows with a bare guidance scale guide on every step.",
+        "",
+    ]
 
 
 def _guidance_cell(e: dict) -> str:

@@ -117,9 +117,14 @@ def test_train_a_few_steps_writes_a_loadable_model(tmp_path):
     card = (tmp_path / "shapes.md").read_text()
     assert "## Training" in card and "layout loss" in card
     assert "--steps 3 --seed 0 --batch 4 --precision fp32 --snr-gamma 5 --aux-layout-weight 0.05`" in card
-    g = dlab("generate", "image", "a circle", "--model", str(tmp_path / "shapes.safetensors"), "--steps", "2",
-             "--out", str(tmp_path / "out"))
-    assert g.returncode == 0, g.stderr
+    assert cfg["sampling"] == {"guidance_interval": [0, 700]} and "## Sampling" in card
+    # The model's recommended interval applies unless the user names one; `all` guides every step.
+    for extra, interval in (([], [0, 700]), (["--guidance-interval", "all"], None),
+                            (["--guidance-interval", "100:900"], [100, 900])):
+        g = dlab("generate", "image", "a circle", "--model", str(tmp_path / "shapes.safetensors"), "--steps", "2",
+                 "--seed", "1", "--out", str(tmp_path / "out"), "--json", *extra)
+        assert g.returncode == 0, g.stderr
+        assert read_png_params(json.loads(g.stdout)["images"][0])["guidance_interval"] == interval
 
 
 def test_train_bad_input():

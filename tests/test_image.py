@@ -86,6 +86,24 @@ def test_bad_guidance_interval(model, interval):
         gen(model, guidance_interval=interval)
 
 
+def test_model_recommended_guidance_interval(tiny_model_path, tmp_path):
+    from dlab.errors import BadFile
+    from dlab.runtime.image import parse_interval
+
+    assert ImageModel.load(tiny_model_path).default_guidance_interval is None  # recommends nothing: every step
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes(tiny_model_path.read_bytes())
+    config = json.loads(tiny_model_path.with_suffix(".json").read_text())
+    for value, expected in (([0, 700], (0, 700)), ([100, 1000], (100, 1000))):
+        weights.with_suffix(".json").write_text(json.dumps({**config, "sampling": {"guidance_interval": value}}))
+        assert ImageModel.load(weights).default_guidance_interval == expected
+    for bad in ([700, 100], [0, 1001], "late", [0]):
+        weights.with_suffix(".json").write_text(json.dumps({**config, "sampling": {"guidance_interval": bad}}))
+        with pytest.raises(BadFile, match="sampling.guidance_interval"):
+            ImageModel.load(weights).default_guidance_interval
+    assert parse_interval("all") is None and parse_interval(" ALL ") is None and parse_interval("0:700") == (0, 700)
+
+
 def test_negative_prompt_changes_the_image(model):
     a = gen(model, seed=1, guidance=4.0)
     b = gen(model, seed=1, guidance=4.0, negative_prompt="a red circle")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from dlab.runtime.model_card import EVAL_CONFIGS, record_evaluation, write_card
+from dlab.runtime.model_card import EVAL_CONFIGS, MODEL_DEFAULT, record_evaluation, write_card
 
 
 def row(name: str, accuracy: float, interval=None) -> dict:
@@ -20,17 +20,35 @@ def row(name: str, accuracy: float, interval=None) -> dict:
 def test_record_merges_by_name_and_the_card_shows_the_interval(tmp_path, tiny_model_path):
     weights = tmp_path / "m.safetensors"
     shutil.copy(tiny_model_path, weights)
-    shutil.copy(tiny_model_path.with_suffix(".json"), weights.with_suffix(".json"))
-    interval_cfg = next(c for c in EVAL_CONFIGS if c.guidance_interval)
-    record_evaluation(weights, [row(interval_cfg.name, 0.5, list(interval_cfg.guidance_interval))])
-    record_evaluation(weights, [row("ddim50-g3-size", 0.7)])
-    record_evaluation(weights, [row(interval_cfg.name, 0.9, list(interval_cfg.guidance_interval))])  # replaces 0.5
+    config = json.loads(tiny_model_path.with_suffix(".json").read_text())
+    weights.with_suffix(".json").write_text(json.dumps({**config, "sampling": {"guidance_interval": [0, 700]}}))
+    assert next(c for c in EVAL_CONFIGS if c.name == "ddim50-g3-size").guidance_interval == MODEL_DEFAULT
+    every = next(c for c in EVAL_CONFIGS if c.guidance_interval is None and c.guidance != 1)
+    record_evaluation(weights, [row("ddim50-g3-size", 0.5, [0, 700])])
+    record_evaluation(weights, [row(every.name, 0.7)])
+    record_evaluation(weights, [row("ddim50-g3-size", 0.9, [0, 700])])  # replaces 0.5
     evaluation = json.loads(weights.with_suffix(".json").read_text())["evaluation"]
-    assert [e["name"] for e in evaluation] == ["ddim50-g3-size", interval_cfg.name]  # EVAL_CONFIGS order
-    assert [e["accuracy"] for e in evaluation] == [0.7, 0.9]
+    assert [e["name"] for e in evaluation] == ["ddim50-g3-size", every.name]  # EVAL_CONFIGS order
+    assert [e["accuracy"] for e in evaluation] == [0.9, 0.7]
     card = write_card(weights).read_text()
-    lo, hi = interval_cfg.guidance_interval
-    interval_line = next(ln for ln in card.splitlines() if ln.startswith(f"| {interval_cfg.name} |"))
-    assert f"| 3 on {lo} ≤ t < {hi} |" in interval_line and "**90.0%**" in interval_line
-    plain_line = next(ln for ln in card.splitlines() if ln.startswith("| ddim50-g3-size |"))
+    interval_line = next(ln for ln in card.splitlines() if ln.startswith("| ddim50-g3-size |"))
+    assert "| 3 on 0 ≤ t < 700 |" in interval_line and "**90.0%**" in interval_line
+    plain_line = next(ln for ln in card.splitlines() if ln.startswith(f"| {every.name} |"))
     assert "| 3 |" in plain_line and "**70.0%**" in plain_line
+    assert "## Sampling" in card and "only on timesteps 0 ≤ t < 700" in card
+
+
+def test_card_rows_use_the_model_recommendation(tiny_model_path):
+    """A MODEL_DEFAULT row runs with the model's recommended interval; an explicit None guides every step."""
+    from dlab.runtime.backends import EagerBackend
+    from dlab.runtime.image import ImageModel
+    from dlab.runtime.model_card import evaluate_config
+
+    model = ImageModel.load(tiny_model_path)
+    model.config["sampling"] = {"guidance_interval": [0, 600]}
+    backend = EagerBackend(model.unet)
+    recorded = []
+    for name in ("ddim50-g3-size", "ddim50-g3-every-size"):
+        c = next(c for c in EVAL_CONFIGS if c.name == name)._replace(steps=2, seeds=1)
+        recorded.append(evaluate_config(model, backend, c)["guidance_interval"])
+    assert [tuple(r) if r else r for r in recorded] == [(0, 600), None]
