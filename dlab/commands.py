@@ -123,7 +123,7 @@ def run_generate_image(
         request = ImageRequest(
             prompt=prompt, negative_prompt=negative, sampler=sampler, steps=steps, guidance=guidance,
             guidance_rescale=guidance_rescale, eta=eta, spacing=spacing, seed=seed, batch=1 if batch is None else batch,
-            guidance_interval=parse_interval(guidance_interval) if guidance_interval else None,
+            guidance_interval=parse_interval(guidance_interval) if guidance_interval is not None else None,
         ).check()
     except ValidationError as e:
         raise BadInput(f"prompt: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
@@ -134,8 +134,8 @@ def run_generate_image(
     if batch is None:
         request = request.model_copy(update={"batch": plan.batch})
     image_model = ImageModel.load(model)
-    if guidance_interval is None and image_model.default_guidance_interval is not None:
-        # The model's recommended interval; `--guidance-interval all` guides on every step instead.
+    if guidance_interval is None:
+        # The model's recommended interval (None: every step); `--guidance-interval all` guides every step.
         request = request.model_copy(update={"guidance_interval": image_model.default_guidance_interval})
 
     def make(precision_: str):
@@ -172,14 +172,11 @@ def run_generate_image(
 
 def _write_partial(image_model, request, backend, stop, out):
     """Keep what a cancelled run had: the current sample, marked partial with its step."""
-    from dlab.runtime.image import ImageResult
+    from dlab.runtime.image import ImageResult, request_params
     from dlab.runtime.jobs import write_image_result
     from dlab.runtime.outputs import to_uint8
 
-    params = {"prompt": request.prompt, "negative_prompt": request.negative_prompt, "sampler": request.sampler,
-              "steps": request.steps, "guidance": request.guidance, "seed": request.seed, "batch": request.batch,
-              "model": image_model.name, "model_hash": image_model.sha256, "backend": backend.name,
-              "device": backend.device, "precision": backend.precision}
+    params = request_params(image_model, request, backend)
     partial = ImageResult(images=to_uint8(stop.x.clamp(-1, 1).cpu().numpy()), params=params, unknown_words=[], seconds=0.0)
     return write_image_result(partial, out, partial_at=stop.step + 1)
 

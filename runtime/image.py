@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from dlab.errors import BadFile, BadInput
+from dlab.errors import BadInput
 from dlab.runtime.backends import Backend
 from dlab.runtime.guidance import cfg_model
 from dlab.runtime.outputs import to_uint8
@@ -70,18 +70,11 @@ class ImageModel:
 
     @property
     def default_guidance_interval(self) -> tuple[int, int] | None:
-        """The guidance interval the model's trainer recommends (its JSON's ``sampling.guidance_interval``),
-        used when a request names none; None (every step) for a checkpoint that recommends nothing."""
-        interval = self.config.get("sampling", {}).get("guidance_interval")
-        if interval is None:
-            return None
-        try:
-            lo, hi = (int(v) for v in interval)
-        except (TypeError, ValueError):
-            raise BadFile(f"{self.path.with_suffix('.json')}: sampling.guidance_interval {interval!r} is not [start, end]") from None
-        if not 0 <= lo < hi <= self.schedule.num_train_timesteps:
-            raise BadFile(f"{self.path.with_suffix('.json')}: sampling.guidance_interval {lo}:{hi} is out of range")
-        return lo, hi
+        """The guidance interval the model's trainer recommends (its JSON's ``sampling.guidance_interval``,
+        checked when the model loads), used when a request names none; None (every step) for a checkpoint
+        that recommends nothing."""
+        interval = (self.config.get("sampling") or {}).get("guidance_interval")
+        return None if interval is None else (interval[0], interval[1])
 
     @classmethod
     def load(cls, path: Path | None = None) -> ImageModel:
@@ -167,6 +160,29 @@ class ImageResult:
 
 
 EVERY_STEP = "all"  # --guidance-interval value: guide on every step, whatever the model recommends
+
+
+def request_params(model: ImageModel, req: ImageRequest, backend: Backend) -> dict[str, Any]:
+    """What every output of `req` records: the settings that decide it, the model and its hash, the backend."""
+    return {
+        "prompt": req.prompt,
+        "negative_prompt": req.negative_prompt,
+        "sampler": req.sampler,
+        "steps": req.steps,
+        "guidance": req.guidance,
+        "guidance_rescale": req.guidance_rescale,
+        "guidance_interval": list(req.guidance_interval) if req.guidance_interval else None,
+        "eta": req.eta if req.sampler == "ddim" else None,
+        "spacing": req.spacing,
+        "seed": req.seed,
+        "batch": req.batch,
+        "model": model.name,
+        "model_hash": model.sha256,
+        "backend": backend.name,
+        "device": backend.device,
+        "precision": backend.precision,
+        "dlab": _dlab_version(),
+    }
 
 
 def parse_interval(text: str) -> tuple[int, int] | None:
@@ -263,25 +279,7 @@ def generate_images(
     finite = bool(torch.isfinite(out).all())
     images = to_uint8(out.clamp(-1, 1).nan_to_num(0.0).cpu().numpy())
     trace = np.stack([to_uint8(f.clamp(-1, 1).cpu().numpy()) for f in frames]) if frames else None
-    params = {
-        "prompt": req.prompt,
-        "negative_prompt": req.negative_prompt,
-        "sampler": req.sampler,
-        "steps": req.steps,
-        "guidance": req.guidance,
-        "guidance_rescale": req.guidance_rescale,
-        "guidance_interval": list(req.guidance_interval) if req.guidance_interval else None,
-        "eta": req.eta if req.sampler == "ddim" else None,
-        "spacing": req.spacing,
-        "seed": req.seed,
-        "batch": req.batch,
-        "model": model.name,
-        "model_hash": model.sha256,
-        "backend": backend.name,
-        "device": backend.device,
-        "precision": backend.precision,
-        "dlab": _dlab_version(),
-    }
+    params = request_params(model, req, backend)
     return ImageResult(images=images, params=params, unknown_words=unknown, seconds=seconds, trace=trace, finite=finite)
 
 

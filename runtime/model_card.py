@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 from dlab.runtime.outputs import atomic_write_bytes, atomic_write_json
 
@@ -26,10 +26,10 @@ class EvalConfig(NamedTuple):
     guidance: float
     prompt_set: str
     seeds: int
-    guidance_interval: tuple[int, int] | None | str = None
+    guidance_interval: tuple[int, int] | None | Literal["model"] = None
 
 
-MODEL_DEFAULT = "model"
+MODEL_DEFAULT: Literal["model"] = "model"
 
 # What `dlab train image --evaluate` and `bench/image_engine.py --eval` measure: the rows as a user gets
 # them (the model's recommended guidance interval), and plain guidance on every step beside them.
@@ -167,7 +167,8 @@ def render_card(config: dict) -> str:
 
 
 def _sampling_lines(config: dict) -> list[str]:
-    interval = config.get("sampling", {}).get("guidance_interval")
+    sampling = config.get("sampling")
+    interval = sampling.get("guidance_interval") if isinstance(sampling, dict) else None
     if not interval:
         return []
     return [

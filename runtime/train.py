@@ -133,7 +133,28 @@ class TrainConfig(BaseModel):
 # 4 seeds (/tmp/exp2/p.py, 2026-11-26): every step 76.4 %, t < 700 90.3 %, t < 800 88.9 %, t < 500 88.9 %,
 # t < 700 with 1.5 above 88.2 %; guidance rescale φ = 1 or APG (η = 0) on top of t < 700 added nothing.
 # Over the card's 20 seeds: size prompts 74.7 % → 88.2 %, shape×colour×background 100 % → 99.7 %.
-RECOMMENDED_SAMPLING: dict[str, Any] = {"guidance_interval": [0, 700]}
+GUIDANCE_INTERVAL_END = 0.7  # of num_train_timesteps: [0, 700) at T = 1000
+
+
+def recommended_sampling(num_train_timesteps: int) -> dict[str, Any]:
+    return {"guidance_interval": [0, round(GUIDANCE_INTERVAL_END * num_train_timesteps)]}
+
+
+def check_sampling(config: dict) -> None:
+    """The JSON's optional "sampling" entry: ``guidance_interval`` is null or two integer timesteps
+    0 ≤ start < end ≤ T. Raises ValueError naming what is wrong."""
+    sampling = config.get("sampling")
+    if sampling is None:
+        return
+    if not isinstance(sampling, dict):
+        raise ValueError(f"sampling {sampling!r} is not an object")
+    interval = sampling.get("guidance_interval")
+    if interval is None:
+        return
+    T = config.get("schedule", {}).get("num_train_timesteps", 1000)
+    if not (isinstance(interval, list) and len(interval) == 2 and all(type(v) is int for v in interval)
+            and 0 <= interval[0] < interval[1] <= T):
+        raise ValueError(f"sampling.guidance_interval {interval!r} is not [start, end] with 0 ≤ start < end ≤ {T}")
 
 
 class TrainResult(BaseModel):
@@ -379,7 +400,7 @@ def train_image_model(cfg: TrainConfig, out_dir: Path | str, progress: Progress 
         "s_per_step": wall_s / max(1, trainer.done),
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "sampling": RECOMMENDED_SAMPLING,
+        "sampling": recommended_sampling(cfg.num_train_timesteps),
     }
     weights, config_path = save_image_model(
         out_dir, trainer.unet, trainer.text, trainer.tokenizer, trainer.schedule_settings, training
@@ -414,6 +435,7 @@ def load_image_model(path: Path | str) -> tuple[UNet, TextEncoder, Tokenizer, di
         text = TextEncoder(TextEncoderConfig.from_dict(config["text_encoder"]))
         tok = config["tokenizer"]
         tokenizer = Tokenizer.from_list(tok["vocab"], max_len=tok["max_len"])
+        check_sampling(config)
     except (OSError, ValueError, KeyError, TypeError, ValidationError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BadFile(f"{config_path}: not a valid {MODEL_NAME} model config ({reason})") from None

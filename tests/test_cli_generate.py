@@ -30,7 +30,7 @@ def one_line_exit_2(r, needle):
     (["--batch", "0"], "--batch"), (["--batch", "100000"], "--batch"), (["--sampler", "euler"], "--sampler"),
     (["--trace", "1"], "--trace"), (["--precision", "fp8"], "precision"),
     (["--guidance-interval", "late"], "--guidance-interval"), (["--guidance-interval", "700:100"], "--guidance-interval"),
-    (["--guidance-interval", "0:1001"], "--guidance-interval"),
+    (["--guidance-interval", "0:1001"], "--guidance-interval"), (["--guidance-interval", ""], "--guidance-interval"),
 ])
 def test_bad_options_one_line_exit_2(tmp_path, args, needle):
     one_line_exit_2(dlab("generate", "image", "a red circle", "--out", str(tmp_path), *args), needle)
@@ -54,6 +54,11 @@ def test_corrupt_or_missing_weights(tmp_path, tiny_model_path):
     bad.write_bytes(tiny_model_path.read_bytes()[:1000])
     (tmp_path / "shapes.json").write_text(tiny_model_path.with_suffix(".json").read_text())
     one_line_exit_2(dlab("generate", "image", "a circle", "--model", str(bad), "--out", str(tmp_path)), "safetensors")
+    bad.write_bytes(tiny_model_path.read_bytes())
+    config = json.loads(tiny_model_path.with_suffix(".json").read_text())
+    (tmp_path / "shapes.json").write_text(json.dumps({**config, "sampling": {"guidance_interval": [900, 100]}}))
+    one_line_exit_2(dlab("generate", "image", "a circle", "--model", str(bad), "--out", str(tmp_path)),
+                    "sampling.guidance_interval")
 
 
 def test_generate_with_a_model_from_disk(tmp_path, tiny_model_path):

@@ -94,13 +94,17 @@ def test_model_recommended_guidance_interval(tiny_model_path, tmp_path):
     weights = tmp_path / "m.safetensors"
     weights.write_bytes(tiny_model_path.read_bytes())
     config = json.loads(tiny_model_path.with_suffix(".json").read_text())
-    for value, expected in (([0, 700], (0, 700)), ([100, 1000], (100, 1000))):
-        weights.with_suffix(".json").write_text(json.dumps({**config, "sampling": {"guidance_interval": value}}))
+    for sampling, expected in (({"guidance_interval": [0, 700]}, (0, 700)), ({"guidance_interval": [100, 1000]}, (100, 1000)),
+                               (None, None), ({}, None), ({"guidance_interval": None}, None)):
+        weights.with_suffix(".json").write_text(json.dumps({**config, "sampling": sampling}))
         assert ImageModel.load(weights).default_guidance_interval == expected
-    for bad in ([700, 100], [0, 1001], "late", [0]):
-        weights.with_suffix(".json").write_text(json.dumps({**config, "sampling": {"guidance_interval": bad}}))
-        with pytest.raises(BadFile, match="sampling.guidance_interval"):
-            ImageModel.load(weights).default_guidance_interval
+    # A bad entry is a one-line BadFile when the model loads, not a surprise at the first sample.
+    for sampling in ({"guidance_interval": [700, 100]}, {"guidance_interval": [0, 1001]}, {"guidance_interval": "late"},
+                     {"guidance_interval": [0]}, {"guidance_interval": [0, 700.9]}, {"guidance_interval": ["0", "700"]},
+                     {"guidance_interval": [False, True]}, [0, 700]):
+        weights.with_suffix(".json").write_text(json.dumps({**config, "sampling": sampling}))
+        with pytest.raises(BadFile, match="sampling"):
+            ImageModel.load(weights)
     assert parse_interval("all") is None and parse_interval(" ALL ") is None and parse_interval("0:700") == (0, 700)
 
 
@@ -110,11 +114,21 @@ def test_negative_prompt_changes_the_image(model):
     assert not np.array_equal(a.images, b.images)
 
 
-def test_cancel_keeps_the_partial_sample(model):
-    req = ImageRequest(prompt="a blue square", steps=10, batch=2, seed=0)
+def test_cancel_keeps_the_partial_sample(model, tmp_path):
+    from dlab.commands import _write_partial
+
+    req = ImageRequest(prompt="a blue square", steps=10, batch=2, seed=0, guidance_interval=(0, 700), eta=0.5)
+    backend = EagerBackend(model.unet)
     with pytest.raises(SamplingCancelled) as e:
-        generate_images(model, req, EagerBackend(model.unet), callback=lambda info: info.index == 3)
+        generate_images(model, req, backend, callback=lambda info: info.index == 3)
     assert e.value.step == 3 and e.value.x.shape == (2, 3, 32, 32)
+    # What the CLI writes on Ctrl-C records the same settings as a finished run, and the step it stopped at.
+    written = _write_partial(model, req, backend, e.value, tmp_path)
+    assert written.partial and len(written.images) == 2
+    params = read_png_params(written.images[0])
+    finished = generate_images(model, req, backend).params
+    assert {k: params[k] for k in finished} == finished
+    assert params["guidance_interval"] == [0, 700] and params["eta"] == 0.5
 
 
 def test_trace_runs_from_noise_to_the_image(model):
