@@ -106,14 +106,16 @@ def measure_cfg(model: ImageModel, batch: int = 8, repeat: int = 7) -> dict:
 
 def measure_samplers(model: ImageModel, backend) -> dict:
     def run(sampler: str, steps: int) -> float:
-        req = ImageRequest(prompt="a red circle", sampler=sampler, steps=steps, guidance=3.0, seed=0, batch=1)
+        # As `dlab generate image` runs it: guidance on the model's recommended interval.
+        req = ImageRequest(prompt="a red circle", sampler=sampler, steps=steps, guidance=3.0, seed=0, batch=1,
+                           guidance_interval=model.default_guidance_interval)
         t = time.perf_counter()
         generate_images(model, req, backend)
         return time.perf_counter() - t
 
     run("ddim", 5)  # warm
     ddim, ddpm = run("ddim", 50), run("ddpm", 1000)
-    return {"backend": backend.name, "ddim50_s": ddim, "ddpm1000_s": ddpm, "ratio": ddpm / ddim,
+    return {"backend": backend.name, "guidance_interval": model.default_guidance_interval, "ddim50_s": ddim, "ddpm1000_s": ddpm, "ratio": ddpm / ddim,
             "ddim_per_step_ms": ddim / 50 * 1000, "ddpm_per_step_ms": ddpm / 1000 * 1000}
 
 
@@ -165,7 +167,7 @@ def run_bench(log=print, quick: bool = False) -> dict:
     log("classifier-free guidance")
     cfg = measure_cfg(model)
     log(f"  batched {cfg['batched_s'] * 1000:.2f} ms vs separate {cfg['separate_s'] * 1000:.2f} ms: ×{cfg['speedup']:.2f}")
-    log("samplers (one image, guidance 3, eager fp32)")
+    log(f"samplers (one image, guidance 3 {_interval_words(model.default_guidance_interval)}, eager fp32)")
     samplers = measure_samplers(model, EagerBackend(model.unet, "cpu", "fp32"))
     log(f"  DDIM-50 {samplers['ddim50_s']:.2f} s, DDPM-1000 {samplers['ddpm1000_s']:.2f} s: ×{samplers['ratio']:.1f}")
     log("peak memory (child processes)")
@@ -182,6 +184,10 @@ def run_bench(log=print, quick: bool = False) -> dict:
     }
 
 
+def _interval_words(interval) -> str:
+    return f"on {interval[0]} ≤ t < {interval[1]}" if interval else "on every step"
+
+
 def to_markdown(r: dict) -> str:
     lines = [f"# dlab bench — {r['taken_at']}", "", f"torch {r['torch']}, {r['threads']} threads, model {r['model_hash'][:12]}", "",
              "## Denoiser step time (one guided step = one call on 2 × batch)", "",
@@ -194,7 +200,7 @@ def to_markdown(r: dict) -> str:
     lines += ["", "## Classifier-free guidance", "",
               f"batch {c['batch']}: one batched call {c['batched_s'] * 1000:.2f} ms, two calls {c['separate_s'] * 1000:.2f} ms: ×{c['speedup']:.2f}"]
     s = r["samplers"]
-    lines += ["", "## Samplers (one image, eager fp32)", "",
+    lines += ["", f"## Samplers (one image, guidance 3 {_interval_words(s.get('guidance_interval'))}, eager fp32)", "",
               f"DDIM-50 {s['ddim50_s']:.2f} s ({s['ddim_per_step_ms']:.1f} ms/step), DDPM-1000 {s['ddpm1000_s']:.2f} s "
               f"({s['ddpm_per_step_ms']:.1f} ms/step): DDPM-1000 takes ×{s['ratio']:.1f} the time"]
     lines += ["", "## Peak memory: predicted (planner) vs measured (child process peak RSS)", "",

@@ -59,12 +59,20 @@ background", "yellow triangle on black background", "a large circle"); the capti
 (empty prompt) 10 % of the time so one model learns both branches of classifier-free guidance."""
 
 
+def resolved_interval(model, c: EvalConfig) -> tuple[int, int] | None:
+    """The guidance interval a row runs with: ``MODEL_DEFAULT`` becomes the model's recommendation."""
+    if c.guidance_interval == MODEL_DEFAULT:
+        interval = model.default_guidance_interval
+        return None if interval is None else tuple(interval)
+    return c.guidance_interval
+
+
 def evaluate_config(model, backend, c: EvalConfig) -> dict:
     """Score one card row: `evaluate_model` over the row's prompt set, as the dict the card stores."""
     from dlab.runtime.evaluate import evaluate_model
     from dlab.runtime.shapes import prompt_grid
 
-    interval = model.default_guidance_interval if c.guidance_interval == MODEL_DEFAULT else c.guidance_interval
+    interval = resolved_interval(model, c)
     r = evaluate_model(model, backend, prompt_grid(with_size=c.prompt_set == "size"), seeds=c.seeds,
                        sampler=c.sampler, steps=c.steps, guidance=c.guidance,
                        guidance_interval=interval, name=c.name)
@@ -81,10 +89,17 @@ def run_card_evaluation(weights: Path, log: Callable[[str], Any] = print, only: 
     model = ImageModel.load(weights)
     backend = make_backend(model, backend_kind, "cpu", "fp32")
     results = []
+    done: dict[tuple, dict] = {}  # a row whose resolved settings were already run is a copy, not a rerun
     for c in EVAL_CONFIGS:
         if only and c.name not in only:
             continue
+        key = (c.sampler, c.steps, c.guidance, c.prompt_set, c.seeds, resolved_interval(model, c))
+        if key in done:
+            results.append({**done[key], "name": c.name})
+            log(f"{c.name}: {100 * results[-1]['accuracy']:.1f}% (same settings as {done[key]['name']}, not rerun)")
+            continue
         results.append(evaluate_config(model, backend, c))
+        done[key] = results[-1]
         log(f"{c.name}: {100 * results[-1]['accuracy']:.1f}% ({results[-1]['images_per_s']:.1f} img/s)")
     return results
 

@@ -52,3 +52,31 @@ def test_card_rows_use_the_model_recommendation(tiny_model_path):
         c = next(c for c in EVAL_CONFIGS if c.name == name)._replace(steps=2, seeds=1)
         recorded.append(evaluate_config(model, backend, c)["guidance_interval"])
     assert [tuple(r) if r else r for r in recorded] == [(0, 600), None]
+
+
+def test_card_run_does_not_rerun_a_row_with_the_same_settings(tiny_model_path, tmp_path, monkeypatch):
+    """For a model that recommends no interval, the every-step row equals the default row: it is copied
+    under its own name, not sampled again; with a recommendation both rows run."""
+    from dlab.runtime import model_card
+
+    small = [c._replace(steps=2, seeds=1) for c in EVAL_CONFIGS if c.name in ("ddim50-g3-size", "ddim50-g3-every-size")]
+    monkeypatch.setattr(model_card, "EVAL_CONFIGS", small)
+    calls = []
+    real = model_card.evaluate_config
+    monkeypatch.setattr(model_card, "evaluate_config", lambda m, b, c: calls.append(c.name) or real(m, b, c))
+
+    log: list[str] = []
+    rows = model_card.run_card_evaluation(tiny_model_path, log=log.append)
+    assert calls == ["ddim50-g3-size"]
+    assert [r["name"] for r in rows] == ["ddim50-g3-size", "ddim50-g3-every-size"]
+    assert rows[1]["accuracy"] == rows[0]["accuracy"] and rows[1]["guidance_interval"] is None
+    assert "not rerun" in log[1]
+
+    weights = tmp_path / "m.safetensors"
+    shutil.copy(tiny_model_path, weights)
+    config = json.loads(tiny_model_path.with_suffix(".json").read_text())
+    weights.with_suffix(".json").write_text(json.dumps({**config, "sampling": {"guidance_interval": [0, 600]}}))
+    calls.clear()
+    rows = model_card.run_card_evaluation(weights, log=log.append)
+    assert calls == ["ddim50-g3-size", "ddim50-g3-every-size"]
+    assert [tuple(r["guidance_interval"]) if r["guidance_interval"] else None for r in rows] == [(0, 600), None]
