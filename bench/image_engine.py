@@ -23,7 +23,7 @@ import torch
 from dlab.runtime.backends import EagerBackend
 from dlab.runtime.bench import median_time as _median_time
 from dlab.runtime.image import ImageModel, denoise_prompts, initial_noise
-from dlab.runtime.model_card import EVAL_CONFIGS, evaluate_config, record_evaluation, write_card
+from dlab.runtime.model_card import card_rows, record_evaluation, write_card
 
 
 def median_time(fn, repeat: int) -> float:
@@ -109,15 +109,12 @@ def main() -> None:
         results["eval_backend"] = backend.name
         results["eval"] = []
         print(f"\n{'config':22s} {'prompts':>7s} {'seeds':>5s} {'adherence':>9s}  shape  colour  bg    size   img/s")
-        for c in EVAL_CONFIGS:
-            if args.only and c.name not in args.only:
-                continue
-            r = evaluate_config(model, backend, c)
+        for r, copied_from in card_rows(model, backend, args.only):
             results["eval"].append(r)
             pa = r["per_attribute"]
-            print(f"{c.name:22s} {r['prompts']:7d} {r['seeds']:5d} {100 * r['accuracy']:8.1f}%  "
+            print(f"{r['name']:22s} {r['prompts']:7d} {r['seeds']:5d} {100 * r['accuracy']:8.1f}%  "
                   + "  ".join(f"{100 * pa[k]:5.1f}" if k in pa else "   - " for k in ("shape", "colour", "background", "size"))
-                  + f"  {r['images_per_s']:6.1f}", flush=True)
+                  + f"  {r['images_per_s']:6.1f}" + (f"  (= {copied_from}, not rerun)" if copied_from else ""), flush=True)
             if args.json:  # after every config: a long run interrupted keeps what it measured
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 from dlab.runtime.outputs import atomic_write_bytes, atomic_write_json
 
@@ -79,28 +79,36 @@ def evaluate_config(model, backend, c: EvalConfig) -> dict:
     return {**r.model_dump(), "prompt_set": c.prompt_set, "backend": backend.name}
 
 
+def card_rows(model, backend, only: list[str] | None = None) -> Iterator[tuple[dict, str | None]]:
+    """Run `EVAL_CONFIGS` (those named in `only`, if given) and yield each row's result with the name of the
+    row it was copied from: a row whose resolved settings equal one already run (for a model that recommends
+    no interval, the every-step rows equal the default ones) is copied under its own name, not sampled again."""
+    done: dict[tuple, dict] = {}
+    for c in EVAL_CONFIGS:
+        if only and c.name not in only:
+            continue
+        key = (c.sampler, c.steps, c.guidance, c.prompt_set, c.seeds, resolved_interval(model, c))
+        if key in done:
+            yield {**done[key], "name": c.name}, done[key]["name"]
+            continue
+        done[key] = evaluate_config(model, backend, c)
+        yield done[key], None
+
+
 def run_card_evaluation(weights: Path, log: Callable[[str], Any] = print, only: list[str] | None = None,
                         backend_kind: str = "eager") -> list[dict]:
-    """Run `EVAL_CONFIGS` on the CPU. `backend_kind="onnx"` runs the same sampler loop through ONNX
-    Runtime (about 3× faster here; its images match eager's within 1e-3, see tests/test_onnx_backend.py)."""
+    """Run `EVAL_CONFIGS` on the CPU (`card_rows`). `backend_kind="onnx"` runs the same sampler loop through
+    ONNX Runtime (about 3× faster here; its images match eager's within 1e-3, see tests/test_onnx_backend.py)."""
     from dlab.runtime.image import ImageModel
     from dlab.runtime.onnx_backend import make_backend
 
     model = ImageModel.load(weights)
     backend = make_backend(model, backend_kind, "cpu", "fp32")
     results = []
-    done: dict[tuple, dict] = {}  # a row whose resolved settings were already run is a copy, not a rerun
-    for c in EVAL_CONFIGS:
-        if only and c.name not in only:
-            continue
-        key = (c.sampler, c.steps, c.guidance, c.prompt_set, c.seeds, resolved_interval(model, c))
-        if key in done:
-            results.append({**done[key], "name": c.name})
-            log(f"{c.name}: {100 * results[-1]['accuracy']:.1f}% (same settings as {done[key]['name']}, not rerun)")
-            continue
-        results.append(evaluate_config(model, backend, c))
-        done[key] = results[-1]
-        log(f"{c.name}: {100 * results[-1]['accuracy']:.1f}% ({results[-1]['images_per_s']:.1f} img/s)")
+    for row, copied_from in card_rows(model, backend, only):
+        results.append(row)
+        how = f"same settings as {copied_from}, not rerun" if copied_from else f"{row['images_per_s']:.1f} img/s"
+        log(f"{row['name']}: {100 * row['accuracy']:.1f}% ({how})")
     return results
 
 
