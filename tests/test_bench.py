@@ -37,6 +37,22 @@ def test_cfg_measurement(model):
     assert cfg["speedup"] == pytest.approx(cfg["separate_s"] / cfg["batched_s"])
 
 
+def test_sampler_timings_guide_as_generate_does(tiny_model_path, monkeypatch):
+    """The sampler timings run each request with the model's recommended guidance interval and say so."""
+    m = ImageModel.load(tiny_model_path)
+    m.config["sampling"] = {"guidance_interval": [0, 700]}
+    seen = []
+    real = bench.generate_images
+    monkeypatch.setattr(bench, "generate_images", lambda model, req, be: seen.append(req.guidance_interval) or real(model, req, be))
+    s = bench.measure_samplers(m, EagerBackend(m.unet))
+    assert seen == [(0, 700)] * 3 and s["guidance_interval"] == (0, 700)
+    assert s["ddim50_s"] > 0 and s["ddpm1000_s"] > 0
+    report = {"taken_at": "t", "torch": "x", "threads": 2, "model_hash": "0" * 12, "step_times": [],
+              "onnx_vs_eager": [], "cfg": {"batch": 1, "batched_s": 1.0, "separate_s": 1.0, "speedup": 1.0},
+              "samplers": s, "memory": []}
+    assert "## Samplers (one image, guidance 3 on 0 ≤ t < 700, eager fp32)" in bench.to_markdown(report)
+
+
 def test_memory_prediction_against_a_real_child_process():
     (row,) = bench.measure_memory(batches=(1,))
     assert 0.1 < row["measured_gib"] < 4  # python + torch + the 23 MB model
