@@ -133,7 +133,7 @@ def train_image(
     minutes: Optional[float] = typer.Option(None, help="Time budget; steps are derived from a short timing run."),
     steps: Optional[int] = typer.Option(None, help="Exact number of steps (reproducible); overrides --minutes."),
     seed: int = typer.Option(0),
-    batch: int = typer.Option(32, help="Images per training step."),
+    batch: int = typer.Option(24, help="Images per training step."),
     out: Path = typer.Option(Path("runs/shapes"), help="Folder for shapes.safetensors, shapes.json and the model card."),
     precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast)."),
     evaluate: bool = typer.Option(True, help="Score the trained model with dlab's evaluator and put it in the model card."),
